@@ -1,0 +1,114 @@
+//! Plain domain types shared by the pure core and the shell. Nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Marks a pod as a parent: a pod the agent keeps a checkpoint of.
+pub const CHECKPOINT_ANNOTATION: &str = "checkpointer.alpha.coreos.com/checkpoint";
+/// Marks a manifest as a checkpoint and names its parent; the only files the agent ever touches carry it.
+pub const CHECKPOINT_OF_ANNOTATION: &str = "checkpointer.alpha.coreos.com/checkpoint-of";
+/// Set by the kubelet on pods it read from a file (static pods); such pods are never parents.
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+/// Set on the API's mirror of a static pod; mirrors are never parents.
+pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Identifies a parent, and therefore its checkpoint, across the API, the node and the disk.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The seed's manifest file name, kept so clusters can switch from the Go checkpointer.
+    pub fn manifest_file_name(&self) -> String {
+        format!("{}-{}.json", self.namespace, self.name)
+    }
+
+    /// The name the kubelet gives the static pod it runs from this checkpoint (`<name>-<node>`).
+    pub fn static_pod_key(&self, node_name: &str) -> PodKey {
+        PodKey::new(&self.namespace, format!("{}-{}", self.name, node_name))
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something the agent asked about and either got an answer for or did not. "The runtime did not
+/// answer" must never be mistaken for "nothing is running", so it is its own variant, not `false`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation<T> {
+    Known(T),
+    Unknown,
+}
+
+impl<T> Observation<T> {
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Observation::Known(t) => Some(t),
+            Observation::Unknown => None,
+        }
+    }
+}
+
+/// The uid/gid that own a checkpoint's side files, so non-root containers can read them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Where checkpoints and their files live on the node (SPEC §2). Every path is a flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The kubelet's static pod directory: a checkpoint here is active.
+    pub manifest_dir: PathBuf,
+    /// Where every checkpoint lies, active or not.
+    pub inactive_manifest_dir: PathBuf,
+    /// Root of `<ns>/<pod>/<secret>/<key>` files (and of projected volumes).
+    pub secret_dir: PathBuf,
+    /// Root of `<ns>/<pod>/<configmap>/<key>` files.
+    pub configmap_dir: PathBuf,
+    /// Agent state that must survive a restart (grace deadlines).
+    pub state_dir: PathBuf,
+}
+
+impl Layout {
+    /// The seed's default layout, prefixed by `root` (`/` on a real node).
+    pub fn under_root(root: &Path) -> Self {
+        let at = |p: &str| root.join(p);
+        Self {
+            manifest_dir: at("etc/kubernetes/manifests"),
+            inactive_manifest_dir: at("etc/kubernetes/inactive-manifests"),
+            secret_dir: at("etc/kubernetes/checkpoint-secrets"),
+            configmap_dir: at("etc/kubernetes/checkpoint-configmaps"),
+            state_dir: at("var/lib/pod-checkpointer"),
+        }
+    }
+
+    /// Per-pod directory under the secret root; everything in it belongs to this checkpoint.
+    pub fn pod_secret_dir(&self, key: &PodKey) -> PathBuf {
+        self.secret_dir.join(&key.namespace).join(&key.name)
+    }
+
+    /// Per-pod directory under the configmap root; everything in it belongs to this checkpoint.
+    pub fn pod_configmap_dir(&self, key: &PodKey) -> PathBuf {
+        self.configmap_dir.join(&key.namespace).join(&key.name)
+    }
+}
+
+/// Keys and values of one Secret or ConfigMap (`data` and `binaryData` merged), as fetched.
+pub type KeyData = BTreeMap<String, Vec<u8>>;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes node components the integration tests and the demo run on, from the
+# Go module proxy, and caches them outside the work tree keyed by version, so a second run is instant.
+# Prints the cache's bin directory on stdout; progress goes to stderr.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+HELM_VERSION=${HELM_VERSION:-v3.19.0}
+CRICTL_VERSION=${CRICTL_VERSION:-v1.34.0}
+CACHE=${POD_CHECKPOINTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-checkpointer}
+BIN="$CACHE/bin/k8s-$K8S_VERSION-helm-$HELM_VERSION-crictl-$CRICTL_VERSION"
+log() { printf '[build-tools %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+mkdir -p "$BIN"
+staging_tag="v0.${K8S_VERSION#v1.}"
+
+build_kubernetes() {
+  local work="$CACHE/src/kubernetes-$K8S_VERSION"
+  mkdir -p "$work"
+  log "fetching k8s.io/kubernetes $K8S_VERSION go.mod"
+  local gomod
+  gomod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module podcheckpointer.local/nodebuild"
+    echo "go 1.24"
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    # The staging modules are "replace => ./staging/..." upstream; point each at its published tag.
+    sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging_tag"'#p' "$gomod"
+  } > "$work/go.mod"
+  cat > "$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  log "resolving modules (go mod tidy)"
+  (cd "$work" && go mod tidy >&2)
+  for cmd in kube-apiserver kubelet kubectl; do
+    log "building $cmd $K8S_VERSION (cold: several minutes each on 2 cores)"
+    (cd "$work" && go build -trimpath -ldflags "-s -w \
+      -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=1 \
+      -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.} \
+      -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" \
+      -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2)
+    mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+  done
+}
+
+build_go_install() { # name module@version
+  local name=$1 pkg=$2
+  log "building $name from $pkg"
+  GOBIN="$BIN/.gobin" go install -trimpath -ldflags "-s -w" "$pkg" >&2
+  mv "$BIN/.gobin/$name" "$BIN/$name"
+}
+
+for cmd in kube-apiserver kubelet kubectl; do
+  [ -x "$BIN/$cmd" ] || { build_kubernetes; break; }
+done
+[ -x "$BIN/helm" ] || build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+[ -x "$BIN/crictl" ] || build_go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+log "tools ready in $BIN"
+echo "$BIN"
