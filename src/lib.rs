@@ -5,9 +5,10 @@
 //! `store` and `lock` (the disk), `admin` and `metrics` (operators), `reconciler` (the loop that
 //! feeds the core and carries out what it decides).
 
+pub mod cri;
+pub mod decide;
+pub mod kubelet;
+pub mod lock;
 pub mod model;
 pub mod sanitize;
 pub mod store;
-pub mod cri;
-pub mod kubelet;
-pub mod lock;

@@ -112,3 +112,16 @@ impl Layout {
 
 /// Keys and values of one Secret or ConfigMap (`data` and `binaryData` merged), as fetched.
 pub type KeyData = BTreeMap<String, Vec<u8>>;
+
+impl PodKey {
+    /// The agent's own parent, from its pod name: the DaemonSet pod is its own parent, and the
+    /// static copy the kubelet runs from the checkpoint is named `<parent>-<node>`.
+    pub fn own_parent(namespace: &str, pod_name: &str, node_name: &str) -> PodKey {
+        let parent = pod_name
+            .strip_suffix(node_name)
+            .and_then(|p| p.strip_suffix('-'))
+            .filter(|p| !p.is_empty())
+            .unwrap_or(pod_name);
+        PodKey::new(namespace, parent)
+    }
+}
