@@ -1,0 +1,132 @@
+//! The admin HTTP server operators and the kubelet talk to: `/metrics`, `/healthz`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Liveness and readiness as the agent's loops report them.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds since `started` at the last heartbeat of the main loop.
+    heartbeat_ms: AtomicU64,
+    ready: AtomicBool,
+    /// How long the loop may stay silent before `/healthz` fails.
+    stall_after: Duration,
+}
+
+impl Health {
+    /// `stall_after` should be several poll intervals: the loop beats at least once per interval.
+    pub fn new(stall_after: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            stall_after,
+        })
+    }
+
+    /// Called by the main loop each time it runs, so a stuck loop shows on `/healthz`.
+    pub fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Flips `/readyz` to OK once the initial sync is done.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Alive while the main loop has beaten recently.
+    pub fn is_alive(&self) -> bool {
+        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) <= self.stall_after
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` fires. Binding errors are returned at once so a
+/// port clash is a clear start-up failure.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "admin server listening");
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin server accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = route(&req, &metrics, &health);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, metrics.render());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        "/healthz" if health.is_alive() => text(StatusCode::OK, "ok\n".into()),
+        "/healthz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "main loop stalled\n".into(),
+        ),
+        "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "initial sync not done\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,202 @@
+//! Wiring of the node agent: flags to parts, the lock, the admin server, the watches, the node
+//! poller and the reconcile loop, and a clean stop on SIGTERM.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Health};
+use crate::config::AgentArgs;
+use crate::cri::CriClient;
+use crate::kubelet::{KubeletClient, KubeletConfig};
+use crate::lock::InstanceLock;
+use crate::metrics::Metrics;
+use crate::model::PodKey;
+use crate::poller::{self, NodeSources, NodeView};
+use crate::reconciler::{ApiSide, Reconciler, Settings};
+use crate::store::Store;
+use crate::watch::{Events, ObjectWatches, PodWatch, Tokens, Trigger};
+
+/// Local state is looked at this often even when nothing changes (repairs, deadlines).
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration; an
+/// unreachable API server or runtime is a state to live with, not a reason to exit.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .context("--node-name (or NODE_NAME) is required")?;
+    let sources = node_sources(&args)?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let health = Health::new((args.poll_interval * 10).max(Duration::from_secs(30)));
+    let shutdown = CancellationToken::new();
+    let trigger: Trigger = Arc::new(Notify::new());
+
+    let admin = tokio::spawn(admin::serve(
+        args.admin_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock.
+    let lock_path = args.lock_path();
+    let mut waiting_logged = false;
+    let _lock = loop {
+        match InstanceLock::try_acquire(&lock_path)
+            .with_context(|| format!("opening lock file {}", lock_path.display()))?
+        {
+            Some(lock) => break lock,
+            None => {
+                if !waiting_logged {
+                    tracing::info!(lock = %lock_path.display(), action = "standby", "another copy of the agent holds the node lock; standing by");
+                    waiting_logged = true;
+                }
+                health.beat();
+                health.set_ready();
+                tokio::select! {
+                    _ = term.recv() => return stop(shutdown, admin).await,
+                    _ = int.recv() => return stop(shutdown, admin).await,
+                    _ = tokio::time::sleep(args.poll_interval) => {}
+                }
+            }
+        }
+    };
+    metrics.lock_held.set(1);
+    tracing::info!(lock = %lock_path.display(), node = %node_name, "holding the node lock");
+
+    let store = Store::new(args.paths.layout());
+    let leftovers = store.prepare().context("preparing checkpoint directories")?;
+    if leftovers > 0 {
+        tracing::info!(count = leftovers, "removed temporary files left by an interrupted write");
+    }
+
+    let me = match (&args.pod_namespace, &args.pod_name) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+            Some(PodKey::own_parent(ns, name, &node_name))
+        }
+        _ => {
+            tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
+            None
+        }
+    };
+    let api = match kube_client(&args).await {
+        Ok(client) => Some(ApiSide {
+            pods: PodWatch::spawn(
+                &client,
+                &node_name,
+                &args.namespaces,
+                trigger.clone(),
+                metrics.clone(),
+            ),
+            objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
+            tokens: Tokens::default(),
+            events: Events::new(client.clone(), &node_name),
+            client,
+        }),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "no API server configuration; running on the node view alone");
+            None
+        }
+    };
+
+    let node_view = Arc::new(Mutex::new(NodeView::default()));
+    let poll = tokio::spawn(poller::run(
+        sources,
+        args.poll_interval,
+        node_view.clone(),
+        trigger.clone(),
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let settings = Settings {
+        node_name,
+        me,
+        grace: args.grace_period,
+        namespaces: args.namespaces.clone(),
+    };
+    let mut reconciler = Reconciler::new(settings, store, metrics, node_view, api);
+    loop {
+        let wake_at = reconciler.reconcile().await;
+        health.beat();
+        if reconciler.synced_once() {
+            health.set_ready();
+        }
+        let wait = wake_at
+            .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
+            .map_or(RESYNC, |d| d.min(RESYNC));
+        // The pass above ran to completion: stopping here never leaves a write half done.
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = trigger.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    poll.abort();
+    stop(shutdown, admin).await
+}
+
+async fn stop(
+    shutdown: CancellationToken,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    tracing::info!(action = "shutdown", "stopping; checkpoints stay as they are");
+    shutdown.cancel();
+    match admin.await {
+        Ok(Err(e)) => Err(e).context("admin server"),
+        _ => Ok(()),
+    }
+}
+
+fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
+    let cri = match args.cri_endpoint.trim() {
+        "" => None,
+        ep => Some(CriClient::new(ep, Duration::from_secs(2)).context("CRI endpoint")?),
+    };
+    let kubelet = match &args.kubelet_url {
+        None => None,
+        Some(url) => Some(
+            KubeletClient::new(&KubeletConfig {
+                url: url.clone(),
+                token_file: args.kubelet_token_file.clone(),
+                client_cert: args.kubelet_client_cert.clone(),
+                client_key: args.kubelet_client_key.clone(),
+                ca_file: args.kubelet_ca_file.clone(),
+                insecure_skip_tls_verify: args.kubelet_insecure_skip_tls_verify,
+                timeout: Duration::from_secs(2),
+            })
+            .context("kubelet client")?,
+        ),
+    };
+    if cri.is_none() && kubelet.is_none() {
+        bail!("set --cri-endpoint or --kubelet-url: the agent needs to know what runs on the node");
+    }
+    Ok(NodeSources { cri, kubelet })
+}
+
+/// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
+/// server here, so a dead API server does not stop the agent from starting.
+async fn kube_client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("loading kubeconfig")?
+        }
+        None => kube::Config::incluster().context("in-cluster configuration")?,
+    };
+    kube::Client::try_from(config).context("building the API client")
+}

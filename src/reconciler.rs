@@ -1,0 +1,544 @@
+//! The loop that feeds the pure core and carries out what it decides. One pass: collect the API,
+//! node and disk views, sanitize every parent, [`decide`], then write, activate, deactivate and
+//! remove through the [`Store`], reporting each state change once in logs, metrics and Events.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Client, ResourceExt};
+
+use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
+use crate::metrics::Metrics;
+use crate::model::{Observation, PodKey};
+use crate::poller::SharedNodeView;
+use crate::sanitize::{self, Checkpoint, Objects, Refusal, Warning};
+use crate::store::{DiskView, Store};
+use crate::watch::{Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens};
+
+/// What the reconciler needs to know about its place in the cluster.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_name: String,
+    /// The agent's own parent, when it knows its pod name.
+    pub me: Option<PodKey>,
+    pub grace: Duration,
+    /// Namespaces to checkpoint; empty means all.
+    pub namespaces: Vec<String>,
+}
+
+/// The API-facing parts; absent only in tests of the offline paths.
+pub struct ApiSide {
+    pub client: Client,
+    pub pods: PodWatch,
+    pub objects: ObjectWatches,
+    pub tokens: Tokens,
+    pub events: Events,
+}
+
+/// Why a parent has no fresh checkpoint this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Skip {
+    /// A referenced object has not been seen yet: wait, do not treat it as missing.
+    Waiting,
+    /// The parent cannot be checkpointed as it stands.
+    Refused(Refusal),
+}
+
+/// Long-lived reconciler state: what it wrote, the deadlines, and what it last reported.
+pub struct Reconciler {
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    node: SharedNodeView,
+    api: Option<ApiSide>,
+    written: BTreeMap<PodKey, u64>,
+    deadlines: BTreeMap<PodKey, Timestamp>,
+    refused: BTreeMap<PodKey, Refusal>,
+    /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
+    api_pods: BTreeMap<PodKey, Arc<Pod>>,
+    synced_once: bool,
+}
+
+impl Reconciler {
+    /// Loads the persisted deadlines. A corrupt deadline file is reported and treated as empty:
+    /// that only delays removals, it never removes anything early.
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        node: SharedNodeView,
+        api: Option<ApiSide>,
+    ) -> Self {
+        let deadlines = store.load_deadlines().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not read grace deadlines; starting without them");
+            BTreeMap::new()
+        });
+        Self {
+            settings,
+            store,
+            metrics,
+            node,
+            api,
+            written: BTreeMap::new(),
+            deadlines,
+            refused: BTreeMap::new(),
+            api_pods: BTreeMap::new(),
+            synced_once: false,
+        }
+    }
+
+    /// True once a pass has run with the API's initial list in hand.
+    pub fn synced_once(&self) -> bool {
+        self.synced_once
+    }
+
+    /// One reconcile pass. Returns when the next pass is due even if nothing changes.
+    pub async fn reconcile(&mut self) -> Option<Timestamp> {
+        let started = Instant::now();
+        let node = self.node.lock().map(|v| v.clone()).unwrap_or_default();
+        let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
+        self.metrics
+            .api_reachable
+            .set(i64::from(api_pods.is_some()));
+
+        // Parents: the API's when it answers; else what the kubelet still knows.
+        let parents: Vec<Arc<Pod>> = match &api_pods {
+            Some(pods) => pods.iter().filter(|p| self.wanted(p)).cloned().collect(),
+            None => match &node.kubelet_pods {
+                Observation::Known(pods) => pods
+                    .iter()
+                    .filter(|p| self.wanted(p))
+                    .map(|p| Arc::new(p.clone()))
+                    .collect(),
+                Observation::Unknown => Vec::new(),
+            },
+        };
+        if api_pods.is_some() {
+            // Remember parents after they leave the API: their removal is reported on them.
+            for p in &parents {
+                self.api_pods.insert(key_of(p), p.clone());
+            }
+            self.synced_once = true;
+        }
+
+        self.fetch_references(&parents, api_pods.is_some()).await;
+        let disk = self.scan();
+        let mut checkpoints = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        for parent in &parents {
+            let key = key_of(parent);
+            match self.sanitize(parent, &key) {
+                Ok(cp) => {
+                    let offline_token = cp
+                        .warnings
+                        .iter()
+                        .any(|w| matches!(w, Warning::TokenUnavailable { .. }));
+                    // Never replace a checkpoint holding a token by one without.
+                    if offline_token && disk.checkpoints.contains_key(&key) {
+                        continue;
+                    }
+                    checkpoints.insert(key, cp);
+                }
+                Err(Skip::Waiting) => {}
+                Err(Skip::Refused(r)) => {
+                    refused.insert(key, r);
+                }
+            }
+        }
+        self.report_refusals(refused);
+
+        let api_view = api_pods.as_ref().map(|_| {
+            parents
+                .iter()
+                .map(|p| {
+                    (
+                        key_of(p),
+                        ApiParent {
+                            started_here: started_here(p),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        });
+        let api_view = match api_view {
+            Some(v) => Observation::Known(v),
+            None => Observation::Unknown,
+        };
+        let desired: BTreeMap<PodKey, u64> = checkpoints
+            .iter()
+            .map(|(k, cp)| (k.clone(), cp.digest()))
+            .collect();
+        let on_disk: BTreeMap<PodKey, OnDiskState> = disk
+            .checkpoints
+            .iter()
+            .map(|(k, d)| {
+                (
+                    k.clone(),
+                    OnDiskState {
+                        inactive: d.inactive.is_some(),
+                        active: d.active.is_some(),
+                    },
+                )
+            })
+            .collect();
+        let decision = decide::decide(&Inputs {
+            now: Timestamp::now(),
+            grace: self.settings.grace,
+            node_name: &self.settings.node_name,
+            me: self.settings.me.as_ref(),
+            api: &api_view,
+            running: &node.running,
+            desired: &desired,
+            written: &self.written,
+            disk: &on_disk,
+            deadlines: &self.deadlines,
+        });
+
+        let deadlines_before = self.deadlines.clone();
+        let mut failed: BTreeSet<PodKey> = BTreeSet::new();
+        for action in &decision.actions {
+            if failed.contains(action.key()) {
+                continue;
+            }
+            if let Err(e) = self.apply(action, &checkpoints) {
+                self.metrics.write_errors.inc();
+                let key = action.key();
+                tracing::error!(namespace = %key.namespace, pod = %key.name, action = action.name(), reason = e.reason, error = %e.message, "checkpoint operation failed; will retry");
+                failed.insert(key.clone());
+            }
+        }
+        if self.deadlines != deadlines_before {
+            if let Err(e) = self.store.save_deadlines(&self.deadlines) {
+                self.metrics.write_errors.inc();
+                tracing::error!(error = %e, "could not persist grace deadlines");
+            }
+        }
+
+        self.report_states();
+        self.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        let token_refresh = self
+            .api
+            .as_ref()
+            .and_then(|a| a.tokens.next_refresh())
+            .filter(|_| api_pods.is_some());
+        match (decision.wake_at, token_refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A parent bound here, in an allowed namespace.
+    fn wanted(&self, pod: &Pod) -> bool {
+        let ns_ok = self.settings.namespaces.is_empty()
+            || pod
+                .namespace()
+                .is_some_and(|ns| self.settings.namespaces.contains(&ns));
+        let node_ok = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(|n| n == self.settings.node_name);
+        ns_ok && node_ok && sanitize::is_parent(pod)
+    }
+
+    /// Keeps object watches on exactly what the parents reference, and their tokens fresh.
+    async fn fetch_references(&mut self, parents: &[Arc<Pod>], api_up: bool) {
+        let Some(api) = self.api.as_mut() else {
+            return;
+        };
+        if !api_up {
+            // Keep the watches (they reconnect by themselves) and the tokens we have.
+            return;
+        }
+        let mut wanted = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for parent in parents {
+            let ns = parent.namespace().unwrap_or_default();
+            let refs = sanitize::references(parent);
+            for name in refs.secrets {
+                wanted.insert(ObjectRef {
+                    kind: ObjectKind::Secret,
+                    namespace: ns.clone(),
+                    name,
+                });
+            }
+            for name in refs.config_maps {
+                wanted.insert(ObjectRef {
+                    kind: ObjectKind::ConfigMap,
+                    namespace: ns.clone(),
+                    name,
+                });
+            }
+            if !refs.tokens.is_empty() {
+                api.tokens
+                    .refresh(&api.client, parent, &refs.tokens, &self.metrics)
+                    .await;
+            }
+            keys.insert(key_of(parent));
+        }
+        api.objects.ensure(&wanted);
+        api.tokens.retain(&keys);
+    }
+
+    /// Sanitizes one parent with the objects and tokens at hand.
+    fn sanitize(&self, parent: &Pod, key: &PodKey) -> Result<Checkpoint, Skip> {
+        let refs = sanitize::references(parent);
+        let mut objects = Objects::default();
+        if let Some(api) = &self.api {
+            for (kind, names) in [
+                (ObjectKind::Secret, &refs.secrets),
+                (ObjectKind::ConfigMap, &refs.config_maps),
+            ] {
+                for name in names {
+                    let r = ObjectRef {
+                        kind,
+                        namespace: key.namespace.clone(),
+                        name: name.clone(),
+                    };
+                    let data = match api.objects.get(&r) {
+                        ObjectState::Found(data) => data,
+                        ObjectState::Missing => continue,
+                        // Unknown or refused: deciding "missing" now could drop a file that
+                        // exists. Keep the checkpoint on disk as it is.
+                        ObjectState::Pending | ObjectState::Failed(_) => {
+                            return Err(Skip::Waiting);
+                        }
+                    };
+                    match kind {
+                        ObjectKind::Secret => objects.secrets.insert(name.clone(), data),
+                        ObjectKind::ConfigMap => objects.config_maps.insert(name.clone(), data),
+                    };
+                }
+            }
+            objects.tokens = api.tokens.for_pod(key);
+        } else if !refs.secrets.is_empty() || !refs.config_maps.is_empty() {
+            return Err(Skip::Waiting);
+        }
+        sanitize::sanitize(parent, &objects, self.store.layout()).map_err(Skip::Refused)
+    }
+
+    fn scan(&self) -> DiskView {
+        match self.store.scan() {
+            Ok(view) => {
+                for (path, why) in &view.unreadable {
+                    tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
+                }
+                view
+            }
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                tracing::error!(error = %e, "could not read the checkpoint directories");
+                DiskView::default()
+            }
+        }
+    }
+
+    /// Carries out one action and reports it.
+    fn apply(
+        &mut self,
+        action: &Action,
+        checkpoints: &BTreeMap<PodKey, Checkpoint>,
+    ) -> Result<(), ActionError> {
+        let key = action.key().clone();
+        let (ns, pod) = (key.namespace.as_str(), key.name.as_str());
+        match action {
+            Action::WriteInactive(_) => {
+                let Some(cp) = checkpoints.get(&key) else {
+                    return Ok(());
+                };
+                let outcome = self
+                    .store
+                    .write_inactive(&key, &cp.manifest_bytes(), &cp.files)
+                    .map_err(ActionError::store)?;
+                self.written.insert(key.clone(), cp.digest());
+                if outcome.manifest_changed || outcome.files_changed > 0 {
+                    tracing::info!(namespace = ns, pod, action = "write", files_changed = outcome.files_changed, manifest_changed = outcome.manifest_changed, "checkpoint written");
+                }
+            }
+            Action::Activate(_) => {
+                self.store.activate(&key).map_err(ActionError::store)?;
+                self.metrics.activations.inc();
+                tracing::info!(namespace = ns, pod, action = "activate", "checkpoint activated: the kubelet now runs the copy");
+                self.event(&key, "CheckpointActivated", "Activate", "The parent is not running on this node; its checkpoint was activated as a static pod.");
+            }
+            Action::Deactivate(_, reason) => {
+                self.store.deactivate(&key).map_err(ActionError::store)?;
+                let label = match reason {
+                    DeactivateReason::ParentRunning => "parent_running",
+                    DeactivateReason::Removal => "removal",
+                };
+                self.metrics.deactivations.with_label_values(&[label]).inc();
+                tracing::info!(namespace = ns, pod, action = "deactivate", reason = label, "checkpoint deactivated");
+                let note = match reason {
+                    DeactivateReason::ParentRunning => "The parent runs again on this node; its checkpoint was deactivated.",
+                    DeactivateReason::Removal => "The parent is no longer scheduled on this node; its checkpoint was deactivated before removal.",
+                };
+                self.event(&key, "CheckpointDeactivated", "Deactivate", note);
+            }
+            Action::Remove(_) => {
+                self.store.remove(&key).map_err(ActionError::store)?;
+                self.written.remove(&key);
+                self.metrics.removals.inc();
+                tracing::info!(namespace = ns, pod, action = "remove", "checkpoint removed with its files");
+                self.event(&key, "CheckpointRemoved", "Remove", "The parent is no longer scheduled on this node; its checkpoint and files were removed.");
+                self.api_pods.remove(&key);
+            }
+            Action::SetDeadline(_, at) => {
+                self.deadlines.insert(key.clone(), *at);
+                tracing::info!(namespace = ns, pod, action = "grace_start", remove_at = %at, "parent no longer listed on this node; checkpoint will be removed after the grace period");
+            }
+            Action::ClearDeadline(_) => {
+                self.deadlines.remove(&key);
+                tracing::info!(namespace = ns, pod, action = "grace_cancel", "parent listed again; removal cancelled");
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&self, key: &PodKey, reason: &str, action: &str, note: &str) {
+        if let (Some(api), Some(pod)) = (&self.api, self.api_pods.get(key)) {
+            if api.pods.is_reachable() {
+                api.events.publish(pod, reason, action, note.to_string());
+            }
+        }
+    }
+
+    /// Logs refusals when they change and exports their count by reason.
+    fn report_refusals(&mut self, now: BTreeMap<PodKey, Refusal>) {
+        for (key, why) in &now {
+            if self.refused.get(key) != Some(why) {
+                tracing::warn!(namespace = %key.namespace, pod = %key.name, action = "refuse", reason = why.reason(), error = %why, "pod cannot be checkpointed");
+            }
+        }
+        self.metrics.refused_pods.reset();
+        for why in now.values() {
+            self.metrics
+                .refused_pods
+                .with_label_values(&[why.reason()])
+                .inc();
+        }
+        self.refused = now;
+    }
+
+    /// Exports checkpoint counts by state from a fresh look at the disk.
+    fn report_states(&self) {
+        let disk = match self.store.scan() {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        let (mut inactive, mut active, mut grace) = (0, 0, 0);
+        self.metrics.activated_timestamp.reset();
+        for (key, d) in &disk.checkpoints {
+            if Some(key) == self.settings.me.as_ref() {
+                continue;
+            }
+            if self.deadlines.contains_key(key) {
+                grace += 1;
+            }
+            match &d.active {
+                Some(path) => {
+                    active += 1;
+                    if let Some(secs) = mtime_seconds(path) {
+                        self.metrics
+                            .activated_timestamp
+                            .with_label_values(&[&key.namespace, &key.name])
+                            .set(secs);
+                    }
+                }
+                None => inactive += 1,
+            }
+        }
+        let m = &self.metrics.checkpoints;
+        m.with_label_values(&["inactive"]).set(inactive);
+        m.with_label_values(&["active"]).set(active);
+        m.with_label_values(&["grace"]).set(grace);
+    }
+}
+
+/// The time the active file was written: when the checkpoint was activated, across restarts.
+fn mtime_seconds(path: &std::path::Path) -> Option<f64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since.as_secs_f64())
+}
+
+/// A failed action, ready for a log line.
+struct ActionError {
+    reason: &'static str,
+    message: String,
+}
+
+impl ActionError {
+    fn store(e: crate::store::StoreError) -> Self {
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn key_of(pod: &Pod) -> PodKey {
+    PodKey::new(pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// Whether the API's status says the pod has ever started a container on this node. A parent
+/// still pulling its image has not; activating a copy beside it would fight it for ports.
+pub fn started_here(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    if status.phase.as_deref() == Some("Running") {
+        return true;
+    }
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .any(|c| {
+            let ran = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
+                s.as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            };
+            c.restart_count > 0 || ran(&c.state) || ran(&c.last_state)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "kube-system"},
+            "status": status
+        }))
+        .expect("valid pod")
+    }
+
+    #[test]
+    fn started_here_reads_the_status() {
+        assert!(!started_here(&pod(serde_json::json!({}))));
+        assert!(!started_here(&pod(serde_json::json!({
+            "phase": "Pending",
+            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull"}}}]
+        }))));
+        assert!(started_here(&pod(serde_json::json!({"phase": "Running"}))));
+        assert!(started_here(&pod(serde_json::json!({
+            "phase": "Pending",
+            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
+        }))));
+        assert!(started_here(&pod(serde_json::json!({
+            "phase": "Failed",
+            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1}}}]
+        }))));
+    }
+}
