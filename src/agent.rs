@@ -74,9 +74,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tracing::info!(lock = %lock_path.display(), node = %node_name, "holding the node lock");
 
     let store = Store::new(args.paths.layout());
-    let leftovers = store.prepare().context("preparing checkpoint directories")?;
+    let leftovers = store
+        .prepare()
+        .context("preparing checkpoint directories")?;
     if leftovers > 0 {
-        tracing::info!(count = leftovers, "removed temporary files left by an interrupted write");
+        tracing::info!(
+            count = leftovers,
+            "removed temporary files left by an interrupted write"
+        );
     }
 
     let me = match (&args.pod_namespace, &args.pod_name) {
@@ -103,7 +108,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             client,
         }),
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "no API server configuration; running on the node view alone");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "no API server configuration; running on the node view alone"
+            );
             None
         }
     };
@@ -151,7 +159,10 @@ async fn stop(
     shutdown: CancellationToken,
     admin: tokio::task::JoinHandle<std::io::Result<()>>,
 ) -> anyhow::Result<()> {
-    tracing::info!(action = "shutdown", "stopping; checkpoints stay as they are");
+    tracing::info!(
+        action = "shutdown",
+        "stopping; checkpoints stay as they are"
+    );
     shutdown.cancel();
     match admin.await {
         Ok(Err(e)) => Err(e).context("admin server"),

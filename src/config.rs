@@ -16,7 +16,11 @@ use crate::telemetry::LogFormat;
 /// `checkpointer.alpha.coreos.com/checkpoint: "true"` are saved as static-pod manifests and
 /// started by the kubelet when their parent stops running here.
 #[derive(Debug, Parser)]
-#[command(name = "pod-checkpointer", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "pod-checkpointer",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -212,19 +216,31 @@ mod tests {
     fn root_prefixes_every_default_path() {
         let cli = Cli::parse_from(["pod-checkpointer", "--root", "/tmp/n", "--node-name", "a"]);
         let layout = cli.agent.paths.layout();
-        assert_eq!(layout.manifest_dir, PathBuf::from("/tmp/n/etc/kubernetes/manifests"));
+        assert_eq!(
+            layout.manifest_dir,
+            PathBuf::from("/tmp/n/etc/kubernetes/manifests")
+        );
         assert_eq!(
             cli.agent.lock_path(),
             PathBuf::from("/tmp/n/var/run/lock/pod-checkpointer.lock")
         );
         let explicit = Cli::parse_from(["pod-checkpointer", "--manifest-dir", "/m"]);
-        assert_eq!(explicit.agent.paths.layout().manifest_dir, PathBuf::from("/m"));
+        assert_eq!(
+            explicit.agent.paths.layout().manifest_dir,
+            PathBuf::from("/m")
+        );
     }
 
     #[test]
     fn subcommands_parse() {
         let cli = Cli::parse_from(["pod-checkpointer", "status", "--output", "json"]);
-        assert!(matches!(cli.command, Some(Command::Status(StatusArgs { output: OutputFormat::Json, .. }))));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Status(StatusArgs {
+                output: OutputFormat::Json,
+                ..
+            }))
+        ));
         let cli = Cli::parse_from(["pod-checkpointer", "render", "--pod", "-"]);
         assert!(matches!(cli.command, Some(Command::Render(_))));
     }

@@ -137,10 +137,11 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
         for key in keys.iter().copied().filter(|k| Some(*k) != inp.me) {
             others_left |= remove_steps(inp, key, &mut out);
         }
-        if let Some(me) = inp.me.filter(|_| !others_left) {
-            if inp.disk.contains_key(me) {
-                remove_self(me, inp, &mut out);
-            }
+        if let Some(me) = inp
+            .me
+            .filter(|me| !others_left && inp.disk.contains_key(*me))
+        {
+            remove_self(me, inp, &mut out);
         }
         return out;
     }

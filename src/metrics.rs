@@ -1,8 +1,8 @@
 //! The agent's Prometheus metrics (SPEC §6): one registry, created once and shared.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 const NS: &str = "pod_checkpointer";
@@ -42,7 +42,10 @@ impl Metrics {
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NS);
         let m = Self {
             checkpoints: IntGaugeVec::new(
-                opts("checkpoints", "Checkpoints on this node by state, excluding the agent's own."),
+                opts(
+                    "checkpoints",
+                    "Checkpoints on this node by state, excluding the agent's own.",
+                ),
                 &["state"],
             )?,
             activated_timestamp: GaugeVec::new(
@@ -166,4 +169,3 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
-

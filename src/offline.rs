@@ -17,7 +17,11 @@ use crate::store::Store;
 pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
     let pod: Pod = parse_one(&read_input(&args.pod)?)
         .with_context(|| format!("parsing pod {}", args.pod.display()))?;
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let mut objects = Objects::default();
     if let Some(path) = &args.objects {
         load_objects(&read_input(path)?, &namespace, &mut objects)
@@ -74,7 +78,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 println!("no checkpoints");
             }
             for c in &checkpoints {
-                let state = if c.active.is_some() { "active" } else { "inactive" };
+                let state = if c.active.is_some() {
+                    "active"
+                } else {
+                    "inactive"
+                };
                 let grace = deadlines
                     .get(&c.key)
                     .map(|d| format!(", removal at {d}"))
@@ -90,7 +98,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                     println!("  file:     {}", describe_file(f));
                 }
             }
-            for (key, at) in deadlines.iter().filter(|(k, _)| !checkpoints.iter().any(|c| &c.key == *k)) {
+            for (key, at) in deadlines
+                .iter()
+                .filter(|(k, _)| !checkpoints.iter().any(|c| &c.key == *k))
+            {
                 println!("{key} (no files, removal at {at})");
             }
         }
@@ -109,7 +120,8 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
             .read_to_string(&mut text)
             .context("reading standard input")?;
     } else {
-        text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     }
     Ok(text)
 }
@@ -142,29 +154,45 @@ fn load_objects(text: &str, namespace: &str, into: &mut Objects) -> anyhow::Resu
 }
 
 fn add_object(item: serde_json::Value, namespace: &str, into: &mut Objects) -> anyhow::Result<()> {
-    let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let kind = item
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
     match kind.as_str() {
         "Secret" => {
             let s: Secret = serde_json::from_value(item)?;
             if !in_namespace(s.metadata.namespace.as_deref(), namespace) {
                 return Ok(());
             }
-            let mut data: KeyData = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+            let mut data: KeyData = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
             for (k, v) in s.string_data.iter().flatten() {
                 data.insert(k.clone(), v.clone().into_bytes());
             }
-            into.secrets.insert(s.metadata.name.unwrap_or_default(), data);
+            into.secrets
+                .insert(s.metadata.name.unwrap_or_default(), data);
         }
         "ConfigMap" => {
             let c: ConfigMap = serde_json::from_value(item)?;
             if !in_namespace(c.metadata.namespace.as_deref(), namespace) {
                 return Ok(());
             }
-            let mut data: KeyData = c.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+            let mut data: KeyData = c
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect();
             for (k, v) in c.binary_data.iter().flatten() {
                 data.insert(k.clone(), v.0.clone());
             }
-            into.config_maps.insert(c.metadata.name.unwrap_or_default(), data);
+            into.config_maps
+                .insert(c.metadata.name.unwrap_or_default(), data);
         }
         other => bail!("--objects holds a {other:?}; only Secrets and ConfigMaps are used"),
     }
@@ -174,4 +202,3 @@ fn add_object(item: serde_json::Value, namespace: &str, into: &mut Objects) -> a
 fn in_namespace(object_ns: Option<&str>, pod_ns: &str) -> bool {
     object_ns.is_none_or(|ns| ns == pod_ns)
 }
-

@@ -123,8 +123,15 @@ fn transition(state: &mut Option<bool>, ok: bool, source: &str, error: Option<St
     let first = state.is_none();
     *state = Some(ok);
     match (ok, error) {
-        (true, _) if !first => tracing::info!(source, action = "source_up", "node source answers again"),
+        (true, _) if !first => {
+            tracing::info!(source, action = "source_up", "node source answers again")
+        }
         (true, _) => tracing::info!(source, action = "source_up", "node source answers"),
-        (false, e) => tracing::warn!(source, action = "source_down", error = e.unwrap_or_default(), "node source does not answer; nothing is activated or deactivated on its word until it does"),
+        (false, e) => tracing::warn!(
+            source,
+            action = "source_down",
+            error = e.unwrap_or_default(),
+            "node source does not answer; nothing is activated or deactivated on its word until it does"
+        ),
     }
 }

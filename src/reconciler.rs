@@ -210,11 +210,11 @@ impl Reconciler {
                 failed.insert(key.clone());
             }
         }
-        if self.deadlines != deadlines_before {
-            if let Err(e) = self.store.save_deadlines(&self.deadlines) {
-                self.metrics.write_errors.inc();
-                tracing::error!(error = %e, "could not persist grace deadlines");
-            }
+        if self.deadlines != deadlines_before
+            && let Err(e) = self.store.save_deadlines(&self.deadlines)
+        {
+            self.metrics.write_errors.inc();
+            tracing::error!(error = %e, "could not persist grace deadlines");
         }
 
         self.report_states();
@@ -357,13 +357,25 @@ impl Reconciler {
                     .map_err(ActionError::store)?;
                 self.written.insert(key.clone(), cp.digest());
                 if outcome.manifest_changed || outcome.files_changed > 0 {
-                    tracing::info!(namespace = ns, pod, action = "write", files_changed = outcome.files_changed, manifest_changed = outcome.manifest_changed, "checkpoint written");
+                    tracing::info!(
+                        namespace = ns,
+                        pod,
+                        action = "write",
+                        files_changed = outcome.files_changed,
+                        manifest_changed = outcome.manifest_changed,
+                        "checkpoint written"
+                    );
                 }
             }
             Action::Activate(_) => {
                 self.store.activate(&key).map_err(ActionError::store)?;
                 self.metrics.activations.inc();
-                tracing::info!(namespace = ns, pod, action = "activate", "checkpoint activated: the kubelet now runs the copy");
+                tracing::info!(
+                    namespace = ns,
+                    pod,
+                    action = "activate",
+                    "checkpoint activated: the kubelet now runs the copy"
+                );
                 self.event(&key, "CheckpointActivated", "Activate", "The parent is not running on this node; its checkpoint was activated as a static pod.");
             }
             Action::Deactivate(_, reason) => {
@@ -373,10 +385,20 @@ impl Reconciler {
                     DeactivateReason::Removal => "removal",
                 };
                 self.metrics.deactivations.with_label_values(&[label]).inc();
-                tracing::info!(namespace = ns, pod, action = "deactivate", reason = label, "checkpoint deactivated");
+                tracing::info!(
+                    namespace = ns,
+                    pod,
+                    action = "deactivate",
+                    reason = label,
+                    "checkpoint deactivated"
+                );
                 let note = match reason {
-                    DeactivateReason::ParentRunning => "The parent runs again on this node; its checkpoint was deactivated.",
-                    DeactivateReason::Removal => "The parent is no longer scheduled on this node; its checkpoint was deactivated before removal.",
+                    DeactivateReason::ParentRunning => {
+                        "The parent runs again on this node; its checkpoint was deactivated."
+                    }
+                    DeactivateReason::Removal => {
+                        "The parent is no longer scheduled on this node; its checkpoint was deactivated before removal."
+                    }
                 };
                 self.event(&key, "CheckpointDeactivated", "Deactivate", note);
             }
@@ -384,7 +406,12 @@ impl Reconciler {
                 self.store.remove(&key).map_err(ActionError::store)?;
                 self.written.remove(&key);
                 self.metrics.removals.inc();
-                tracing::info!(namespace = ns, pod, action = "remove", "checkpoint removed with its files");
+                tracing::info!(
+                    namespace = ns,
+                    pod,
+                    action = "remove",
+                    "checkpoint removed with its files"
+                );
                 self.event(&key, "CheckpointRemoved", "Remove", "The parent is no longer scheduled on this node; its checkpoint and files were removed.");
                 self.api_pods.remove(&key);
             }
@@ -394,17 +421,22 @@ impl Reconciler {
             }
             Action::ClearDeadline(_) => {
                 self.deadlines.remove(&key);
-                tracing::info!(namespace = ns, pod, action = "grace_cancel", "parent listed again; removal cancelled");
+                tracing::info!(
+                    namespace = ns,
+                    pod,
+                    action = "grace_cancel",
+                    "parent listed again; removal cancelled"
+                );
             }
         }
         Ok(())
     }
 
     fn event(&self, key: &PodKey, reason: &str, action: &str, note: &str) {
-        if let (Some(api), Some(pod)) = (&self.api, self.api_pods.get(key)) {
-            if api.pods.is_reachable() {
-                api.events.publish(pod, reason, action, note.to_string());
-            }
+        if let (Some(api), Some(pod)) = (&self.api, self.api_pods.get(key))
+            && api.pods.is_reachable()
+        {
+            api.events.publish(pod, reason, action, note.to_string());
         }
     }
 

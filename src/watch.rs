@@ -12,10 +12,10 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -115,7 +115,9 @@ impl PodWatch {
 
     /// True when every watch is connected and has delivered its initial list.
     pub fn is_reachable(&self) -> bool {
-        self.streams.iter().all(|(_, up)| up.load(Ordering::Relaxed))
+        self.streams
+            .iter()
+            .all(|(_, up)| up.load(Ordering::Relaxed))
     }
 }
 
@@ -308,8 +310,9 @@ impl ObjectWatches {
                 let changed = match state.lock() {
                     Ok(mut s) => match s.get_mut(&r) {
                         // A transient failure keeps the last good data.
-                        Some(cur) if matches!(next, ObjectState::Failed(_))
-                            && matches!(cur, ObjectState::Found(_) | ObjectState::Missing) =>
+                        Some(cur)
+                            if matches!(next, ObjectState::Failed(_))
+                                && matches!(cur, ObjectState::Found(_) | ObjectState::Missing) =>
                         {
                             false
                         }
@@ -386,7 +389,11 @@ impl Tokens {
     ) {
         let key = PodKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
         let now = jiff::Timestamp::now();
-        let Some(sa) = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()) else {
+        let Some(sa) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+        else {
             return;
         };
         for spec in specs {

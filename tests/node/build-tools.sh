@@ -14,7 +14,9 @@ log() { printf '[build-tools %s] %s\n' "$(date +%T)" "$*" >&2; }
 mkdir -p "$BIN"
 staging_tag="v0.${K8S_VERSION#v1.}"
 
-build_kubernetes() {
+K8S_CMDS="kube-apiserver kubelet kubectl kube-controller-manager kube-scheduler"
+
+build_kubernetes() { # the commands to build
   local work="$CACHE/src/kubernetes-$K8S_VERSION"
   mkdir -p "$work"
   log "fetching k8s.io/kubernetes $K8S_VERSION go.mod"
@@ -35,13 +37,15 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   log "resolving modules (go mod tidy)"
   (cd "$work" && go mod tidy >&2)
-  for cmd in kube-apiserver kubelet kubectl; do
+  for cmd in "$@"; do
     log "building $cmd $K8S_VERSION (cold: several minutes each on 2 cores)"
     (cd "$work" && go build -trimpath -ldflags "-s -w \
       -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
@@ -60,9 +64,11 @@ build_go_install() { # name module@version
   mv "$BIN/.gobin/$name" "$BIN/$name"
 }
 
-for cmd in kube-apiserver kubelet kubectl; do
-  [ -x "$BIN/$cmd" ] || { build_kubernetes; break; }
+missing=()
+for cmd in $K8S_CMDS; do
+  [ -x "$BIN/$cmd" ] || missing+=("$cmd")
 done
+[ ${#missing[@]} -eq 0 ] || build_kubernetes "${missing[@]}"
 [ -x "$BIN/helm" ] || build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 [ -x "$BIN/crictl" ] || build_go_install crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 log "tools ready in $BIN"
