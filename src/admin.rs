@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// How often a copy of the agent whose admin port is taken tries again.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
 /// Liveness and readiness as the agent's loops report them.
 #[derive(Debug)]
 pub struct Health {
@@ -60,15 +63,32 @@ impl Health {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` fires. Binding errors are returned at once so a
-/// port clash is a clear start-up failure.
+/// Serves the admin endpoints until `shutdown` fires. On a host-network node the DaemonSet pod
+/// and its static copy share the port: the one that finds it taken keeps trying, and takes over
+/// when the other goes. Any other bind error is returned at once, as a clear start-up failure.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    let mut told = false;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !told {
+                    tracing::info!(addr = %addr, "admin port in use (the other copy of the agent?); retrying until it is free");
+                    told = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(BIND_RETRY) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
     loop {
         let (stream, _) = tokio::select! {

@@ -137,10 +137,13 @@ async fn follow_pods(
     metrics: Metrics,
 ) {
     let mut events = std::pin::pin!(events);
+    // A refusal (RBAC, credentials) is an operator's problem, logged once per reason as an error.
+    let mut refused_logged: Option<&'static str> = None;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init | Event::InitApply(_)) => continue,
             Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
+                refused_logged = None;
                 if !up.swap(true, Ordering::Relaxed) {
                     tracing::info!(scope = %scope, action = "api_reachable", "pod watch synced with the API server");
                 }
@@ -152,7 +155,16 @@ async fn follow_pods(
                     .api_errors
                     .with_label_values(&["pods", reason])
                     .inc();
-                if up.swap(false, Ordering::Relaxed) {
+                let was_up = up.swap(false, Ordering::Relaxed);
+                let refused = matches!(reason, "forbidden" | "unauthorized");
+                if refused && refused_logged != Some(reason) {
+                    refused_logged = Some(reason);
+                    if reason == "forbidden" {
+                        tracing::error!(scope = %scope, resource = "pods", action = "api_unreachable", reason, error = %e, "not allowed to list/watch pods in this scope; check the agent's RBAC (it needs get, list and watch on pods). The API view stays unknown and no checkpoint is removed until it is allowed");
+                    } else {
+                        tracing::error!(scope = %scope, resource = "pods", action = "api_unreachable", reason, error = %e, "the API server rejected the agent's credentials; check its service account and token. The API view stays unknown and no checkpoint is removed until they are accepted");
+                    }
+                } else if was_up {
                     tracing::warn!(scope = %scope, action = "api_unreachable", reason, error = %e, "lost the API server; checkpoints will not be removed until it is back");
                 } else {
                     tracing::debug!(scope = %scope, reason, error = %e, "pod watch still failing");
@@ -463,9 +475,8 @@ async fn request_token(
         }),
         ..Default::default()
     };
-    let body = serde_json::to_vec(&req).map_err(kube::Error::SerdeError)?;
     let resp: TokenRequest = api
-        .create_subresource("token", sa, &PostParams::default(), &body)
+        .create_subresource("token", sa, &PostParams::default(), &req)
         .await?;
     let status = resp.status.unwrap_or_default();
     let lifetime = status

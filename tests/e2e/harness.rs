@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use pod_checkpointer::cri::CriClient;
 use pod_checkpointer::model::PodKey;
 
@@ -164,29 +164,19 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let client = self.client.clone();
-        let name = self.name.clone();
-        // Best effort, from a thread with its own runtime: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async move {
-                    let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
-                    let _ = pods
-                        .delete_collection(
-                            &DeleteParams::default().grace_period(0),
-                            &Default::default(),
-                        )
-                        .await;
-                    let _ = Api::<Namespace>::all(client)
-                        .delete(&name, &DeleteParams::default())
-                        .await;
-                });
-            }
-        })
-        .join();
+        // Drop cannot await, and the test's client lives on the runtime this Drop blocks: ask
+        // kubectl, and do not wait for the namespace controller to finish.
+        let _ = Command::new("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
     }
 }
 

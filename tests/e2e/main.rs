@@ -3,6 +3,7 @@
 //! binary, and asserts on real files, the real kubelet and the real API. They change the node
 //! (stop the API server, "reboot" the runtime), so they run one at a time (`--test-threads=1`).
 
+mod chart;
 mod harness;
 
 use std::time::Duration;
@@ -15,9 +16,10 @@ const SHORT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(120);
 
 /// A parent that mounts a Secret, a ConfigMap and its service-account token, and keeps writing
-/// what it reads to `out` (a host directory) so the test can see which copy reads what.
+/// its own pod name and what it reads to `out` (a host directory), so the test can see which copy
+/// (the parent, or the static copy `<name>-<node>`) read what.
 fn reading_parent(node: &Node, name: &str, out: &std::path::Path) -> Pod {
-    let script = "while true; do cat /secret/password /config/mode /var/run/secrets/kubernetes.io/serviceaccount/namespace > /out/seen.tmp 2>/out/err && mv /out/seen.tmp /out/seen; sleep 0.5; done";
+    let script = "while true; do { printf '%s:' \"$POD_NAME\"; cat /secret/password /config/mode /var/run/secrets/kubernetes.io/serviceaccount/namespace; } > /out/seen.tmp 2>/out/err && mv /out/seen.tmp /out/seen; sleep 0.5; done";
     busybox_pod(
         node,
         name,
@@ -34,6 +36,7 @@ fn reading_parent(node: &Node, name: &str, out: &std::path::Path) -> Pod {
                 "image": node.busybox,
                 "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", script],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                 "volumeMounts": [
                     {"name": "secret", "mountPath": "/secret"},
                     {"name": "config", "mountPath": "/config"},
@@ -63,6 +66,31 @@ async fn create_objects(ns: &TestNamespace, password: &str) {
         .create(&PostParams::default(), &cm)
         .await
         .expect("create configmap");
+}
+
+/// `promtool check metrics` on a live scrape: names, types and help follow Prometheus rules.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) on PATH");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn read(path: &std::path::Path) -> Option<String> {
@@ -154,7 +182,10 @@ async fn annotated_pod_gets_an_inactive_checkpoint_with_its_files() {
     assert!(read(&token_dir.join("ca.crt")).is_some_and(|c| c.contains("BEGIN CERTIFICATE")));
 
     // Nothing for the unannotated pod, and nothing activated while the parent runs.
-    assert!(pod_running(&pods, "plain").await);
+    wait_for("unannotated pod running", LONG, || async {
+        pod_running(&pods, "plain").await.then_some(())
+    })
+    .await;
     assert!(!agent.inactive_manifest(&ns.key("plain")).exists());
     assert!(!node.active_manifest(&key).exists());
     assert_eq!(agent.metric("pod_checkpointer_api_reachable"), Some(1.0));
@@ -202,10 +233,11 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
     .expect("create parent");
     let key = ns.key("parent");
     let copy = key.static_pod_key(&node.name);
-    wait_for("parent reads its files", LONG, || async {
+    let seen = wait_for("parent reads its files", LONG, || async {
         read(&out.path().join("seen"))
     })
     .await;
+    assert_eq!(seen, format!("parent:s3cretsafe{}", ns.name));
     wait_for("inactive checkpoint with token", LONG, || async {
         read(&agent.inactive_manifest(&key))?;
         let dir = agent.secret_dir(&key);
@@ -222,7 +254,6 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
         (agent.metric("pod_checkpointer_api_reachable") == Some(0.0)).then_some(())
     })
     .await;
-    std::fs::remove_file(out.path().join("seen")).expect("clear what the parent saw");
     node.sh(&["reboot-runtime"]);
 
     wait_for("checkpoint activated", SHORT, || async {
@@ -234,13 +265,13 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
     })
     .await;
     let seen = wait_for("static copy reads its files", LONG, || async {
-        read(&out.path().join("seen"))
+        read(&out.path().join("seen")).filter(|s| s.starts_with(&format!("{}:", copy.name)))
     })
     .await;
     assert_eq!(
         seen,
-        format!("s3cretsafe{}", ns.name),
-        "secret, configmap, namespace as the copy read them"
+        format!("{}:s3cretsafe{}", copy.name, ns.name),
+        "the static copy read the secret, the configmap and its namespace"
     );
     assert!(
         !node.sandbox_ready(&key).await,

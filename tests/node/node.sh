@@ -58,6 +58,7 @@
 #
 # Commands: up | down | status | env | exec -- CMD... | image NAME BINARY | namespace NS... |
 #           stop-apiserver | start-apiserver | stop-kubelet | start-kubelet | reboot-runtime |
+#           stop-containerd | start-containerd |
 #           leftovers (after down: lists anything left behind, exit 1 if so)
 set -euo pipefail
 
@@ -910,6 +911,13 @@ main() {
       wait_for "kube-apiserver /readyz" apiserver_ready || die "kube-apiserver: $(tail -20 "$LOGS/kube-apiserver.log")"
       ;;
     stop-kubelet) stop_kubelet ;;
+    # containerd alone: its shims keep every container running, only the CRI socket goes away
+    stop-containerd) stop containerd 10 ;;
+    start-containerd)
+      tools
+      start_containerd
+      wait_for "containerd ready" containerd_ready || die "containerd: $(tail -5 "$LOGS/containerd.log")"
+      ;;
     start-kubelet)
       tools
       start_kubelet

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every test of the project, exactly as CI runs it (`.ci/run` calls `make test`, which calls this):
+#   1. formatting and clippy (-D warnings)
+#   2. unit, table and property tests; store crash tests; the CRI client against a real containerd
+#   3. the Helm chart and its alerts (helm lint/template, schema, promtool check/test rules)
+#   4. end-to-end scenarios on a real single-node cluster (etcd, kube-apiserver, controller-manager,
+#      scheduler, containerd, kubelet) that tests/node/node.sh brings up and always tears down
+# On a fresh machine it installs what it needs first (Debian packages; Kubernetes tools are built
+# from the Go module proxy and cached under ~/.cache/pod-checkpointer, so later runs are fast).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$SECONDS
+step() { printf '\n==> %s  [%s, +%ss]\n' "$*" "$(date +%T)" "$((SECONDS - started))"; }
+
+step "Debian packages"
+packages=(containerd runc busybox-static containernetworking-plugins etcd-server etcd-client
+  prometheus iproute2 gcc libc6-dev openssl python3 curl util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  # The image's policy-rc.d keeps the packages' services from starting; the tests start their own.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+step "Kubernetes tools (cached after the first build)"
+NODE_BIN=$(bash tests/node/build-tools.sh)
+export HELM=$NODE_BIN/helm PROMTOOL
+PROMTOOL=$(command -v promtool)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets --features e2e -- -D warnings"
+cargo clippy --locked --all-targets --features e2e -- -D warnings
+
+step "unit, property, store and containerd tests"
+# The containerd test must not skip itself here: CI has everything it needs.
+POD_CHECKPOINTER_REQUIRE_CONTAINERD=1 cargo test --locked
+
+step "chart and alerts"
+bash hack/chart-check.sh
+
+step "single-node cluster up"
+cleanup() {
+  step "single-node cluster down"
+  bash tests/node/node.sh down || true
+}
+trap cleanup EXIT
+bash tests/node/node.sh up
+eval "$(bash tests/node/node.sh env)"
+
+step "end-to-end scenarios on the real node"
+cargo test --locked --features e2e --test e2e -- --test-threads=1
+
+step "all tests passed in $((SECONDS - started))s"
