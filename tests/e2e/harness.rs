@@ -63,6 +63,16 @@ impl Node {
         );
     }
 
+    /// Stops the API server until the returned guard is dropped or [`ApiOutage::end`]ed, so a
+    /// failing scenario never leaves the node without one for the next.
+    pub fn stop_apiserver(&self) -> ApiOutage<'_> {
+        self.sh(&["stop-apiserver"]);
+        ApiOutage {
+            node: self,
+            ended: false,
+        }
+    }
+
     pub async fn client(&self) -> Client {
         Client::try_default()
             .await
@@ -84,6 +94,28 @@ impl Node {
 
     pub fn active_manifest(&self, key: &PodKey) -> PathBuf {
         self.manifest_dir.join(key.manifest_file_name())
+    }
+}
+
+/// An API server outage in progress.
+pub struct ApiOutage<'a> {
+    node: &'a Node,
+    ended: bool,
+}
+
+impl ApiOutage<'_> {
+    /// Starts the API server again (and waits until it is ready).
+    pub fn end(mut self) {
+        self.ended = true;
+        self.node.sh(&["start-apiserver"]);
+    }
+}
+
+impl Drop for ApiOutage<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.node.sh(&["start-apiserver"]);
+        }
     }
 }
 

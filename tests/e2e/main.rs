@@ -249,7 +249,7 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
     .await;
 
     // The "reboot": API server down, kubelet restarted with every sandbox gone.
-    node.sh(&["stop-apiserver"]);
+    let outage = node.stop_apiserver();
     wait_for("agent sees the API server gone", SHORT, || async {
         (agent.metric("pod_checkpointer_api_reachable") == Some(0.0)).then_some(())
     })
@@ -279,7 +279,7 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
     );
 
     // API back: the kubelet starts the parent again; the agent deactivates the checkpoint.
-    node.sh(&["start-apiserver"]);
+    outage.end();
     wait_for("parent running again", LONG, || async {
         node.sandbox_ready(&key).await.then_some(())
     })
@@ -368,7 +368,7 @@ async fn deleted_parent_is_removed_after_grace_but_never_during_an_outage() {
             .then_some(())
     })
     .await;
-    node.sh(&["stop-apiserver"]);
+    let api_down = node.stop_apiserver();
     holds_for(
         "checkpoint kept while the API is down",
         Duration::from_secs(12),
@@ -377,7 +377,7 @@ async fn deleted_parent_is_removed_after_grace_but_never_during_an_outage() {
         },
     )
     .await;
-    node.sh(&["start-apiserver"]);
+    api_down.end();
     wait_for(
         "removed once the API confirms the parent is gone",
         SHORT,
