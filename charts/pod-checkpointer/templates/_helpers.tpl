@@ -1,0 +1,111 @@
+{{/*
+Chart name, overridable with nameOverride.
+*/}}
+{{- define "pod-checkpointer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects: "<release>-<chart>", or the release name when it already
+contains the chart name. Truncated to 63 characters (the DNS label limit).
+*/}}
+{{- define "pod-checkpointer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart label value: "<name>-<version>".
+*/}}
+{{- define "pod-checkpointer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the agent's pods. Never change them in an upgrade: a DaemonSet's selector
+is immutable.
+*/}}
+{{- define "pod-checkpointer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pod-checkpointer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "pod-checkpointer.labels" -}}
+helm.sh/chart: {{ include "pod-checkpointer.chart" . }}
+{{ include "pod-checkpointer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: node-agent
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the service account the agent runs as.
+*/}}
+{{- define "pod-checkpointer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pod-checkpointer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name must name an existing service account when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository:tag (tag defaults to appVersion), plus @digest when set.
+*/}}
+{{- define "pod-checkpointer.image" -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- if .Values.image.digest }}
+{{- $ref = printf "%s@%s" $ref .Values.image.digest }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{/*
+Namespaces the agent works in when allNamespaces is false: .Values.namespaces plus the release
+namespace (the agent checkpoints its own pod), without duplicates, sorted so the rendered
+output is stable. Rendered as a JSON list; read it back with fromJsonArray.
+*/}}
+{{- define "pod-checkpointer.namespaces" -}}
+{{- append .Values.namespaces .Release.Namespace | uniq | sortAlpha | toJson }}
+{{- end }}
+
+{{/*
+The API rules the agent uses inside every namespace it watches (one source of truth for the
+namespaced Roles and for the ClusterRole of allNamespaces). Each rule is there because the
+agent uses it.
+*/}}
+{{- define "pod-checkpointer.rules" -}}
+# Parents: one watch on pods bound to this node (field selector spec.nodeName), a reflector
+# that lists then watches; get for single re-reads.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Data referenced by parents (volumes, env, envFrom), checkpointed to the node: one watch per
+# referenced object (field selector metadata.name), which needs list and watch; get for reads.
+- apiGroups: [""]
+  resources: ["secrets", "configmaps"]
+  verbs: ["get", "list", "watch"]
+# Projected serviceAccountToken volumes of parents: a token is requested for the parent pod
+# through the TokenRequest API, so the checkpoint keeps working API credentials.
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+# Events on parent pods for activate/deactivate/remove (events.k8s.io/v1; repeats are patched).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Assertions on the rendered pod-checkpointer chart (used by hack/chart-check.sh).
+
+usage: chart-assert.py SCENARIO RENDERED.yaml [ARG...]
+
+Each scenario checks what the chart promises for one set of values (SPEC.md §8 and the agent's
+interface), printing one "ok - ..." or "not ok - ..." line per check. Exit status 1 if any
+check failed.
+
+Scenarios:
+  defaults RENDERED RELEASE_NAMESPACE APP_VERSION
+  non-default RENDERED RELEASE_NAMESPACE VALUES.yaml
+  rbac-only RENDERED                 (the output of --show-only templates/rbac.yaml)
+  service-monitor-only RENDERED
+  no-self-checkpoint RENDERED
+  alerts CHART_DIR TEST_FILE [SRC_DIR] (alerts.yaml: metric names, runbooks, a test per alert)
+  values-documented VALUES.yaml
+"""
+
+import pathlib
+import re
+import sys
+
+import yaml
+
+FAILED = 0
+PASSED = 0
+
+
+def check(cond, what):
+    global FAILED, PASSED
+    if cond:
+        PASSED += 1
+        print(f"ok - {what}")
+    else:
+        FAILED += 1
+        print(f"not ok - {what}")
+    return cond
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs, kind):
+    found = by_kind(docs, kind)
+    check(len(found) == 1, f"exactly one {kind} (found {len(found)})")
+    return found[0] if found else {}
+
+
+# The rules the agent needs inside each namespace it works in; each is used by the agent.
+NAMESPACED_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+KUBELET_RULES = [{"apiGroups": [""], "resources": ["nodes/pods"], "verbs": ["get"]}]
+
+# Metrics the agent exports (the interface the alerts may use), without the prefix.
+METRICS = {
+    "checkpoints", "checkpoint_activated_timestamp_seconds", "activations_total",
+    "deactivations_total", "removals_total", "api_reachable", "runtime_poll_errors_total",
+    "kubelet_poll_errors_total", "reconcile_duration_seconds", "last_sync_timestamp_seconds",
+    "refused_pods", "api_errors_total", "write_errors_total", "lock_held", "build_info",
+}
+
+CHECKPOINT_ANNOTATION = "checkpointer.alpha.coreos.com/checkpoint"
+CAPS = {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
+
+
+def default_values():
+    with open(pathlib.Path(__file__).resolve().parent.parent / "charts/pod-checkpointer/values.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def args_of(container):
+    out = {}
+    for a in container.get("args", []):
+        k, _, v = a.partition("=")
+        out[k] = v
+    return out
+
+
+def check_rbac_bindings(docs, sa_name, sa_namespace):
+    for b in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
+        name = f'{b["kind"]} {b["metadata"].get("namespace", "")}/{b["metadata"]["name"]}'
+        check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
+              f"{name} binds only the agent's service account {sa_namespace}/{sa_name}")
+        role_kind = "Role" if b["kind"] == "RoleBinding" else "ClusterRole"
+        check(b["roleRef"]["kind"] == role_kind and any(
+            r["metadata"]["name"] == b["roleRef"]["name"] and
+            r["metadata"].get("namespace") == b["metadata"].get("namespace")
+            for r in by_kind(docs, role_kind)), f"{name} refers to a {role_kind} rendered with it")
+
+
+def check_daemonset(ds, namespace, namespaces_arg, values):
+    """Invariants of the DaemonSet for any values. namespaces_arg None = all namespaces."""
+    spec = ds["spec"]
+    pod = spec["template"]["spec"]
+    meta = spec["template"]["metadata"]
+    check(ds["metadata"]["namespace"] == namespace, "DaemonSet is in the release namespace")
+    check(spec["selector"]["matchLabels"].items() <= meta["labels"].items(),
+          "pod template labels match the selector")
+    check(pod.get("hostNetwork") is True, "pod uses the host network")
+    check(pod.get("dnsPolicy") == "ClusterFirstWithHostNet", "dnsPolicy is ClusterFirstWithHostNet")
+    check(pod.get("automountServiceAccountToken") is True, "pod mounts its service-account token")
+    check(pod.get("priorityClassName") == values["priorityClassName"],
+          f"priorityClassName is {values['priorityClassName']}")
+    check(pod.get("tolerations") == values["tolerations"], "tolerations are the configured ones")
+    us = spec.get("updateStrategy", {})
+    check(us == values["updateStrategy"], f"updateStrategy is {values['updateStrategy']}")
+    (c,) = pod["containers"]
+    check("ports" not in c, "no container port declared (would become a hostPort on a host-network pod)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    for name, field in [("NODE_NAME", "spec.nodeName"), ("POD_NAME", "metadata.name"),
+                        ("POD_NAMESPACE", "metadata.namespace")]:
+        check(env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field,
+              f"env {name} comes from the downward API ({field})")
+    sc = c.get("securityContext", {})
+    check(sc.get("runAsUser") == 0 and sc.get("runAsNonRoot") is False, "runs as root (uid 0)")
+    check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation is false")
+    check(sc.get("readOnlyRootFilesystem") is True, "root filesystem is read-only")
+    check(sc.get("privileged") in (None, False), "not privileged")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], "drops ALL capabilities")
+    check(set(sc.get("capabilities", {}).get("add", [])) == CAPS,
+          "adds back only CHOWN, FOWNER, DAC_OVERRIDE")
+    check(sc.get("seccompProfile") == {"type": "RuntimeDefault"}, "seccomp profile RuntimeDefault")
+    port = values["adminPort"]
+    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        get = c.get(probe, {}).get("httpGet", {})
+        check(get.get("path") == path and get.get("port") == port,
+              f"{probe} is GET {path} on the admin port {port}")
+
+    args = args_of(c)
+    check(args.get("--admin-addr") == f"0.0.0.0:{port}", f"--admin-addr binds 0.0.0.0:{port}")
+    if namespaces_arg is None:
+        check("--namespaces" not in args, "no --namespaces flag (all namespaces)")
+    else:
+        check(args.get("--namespaces") == namespaces_arg, f"--namespaces={namespaces_arg}")
+    for flag in ["--poll-interval", "--grace-period", "--log-format", "--log-level"]:
+        check(flag in args, f"{flag} is passed")
+
+    # hostPath mounts: same path inside and out (manifests name these paths for the kubelet).
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    for m in c.get("volumeMounts", []):
+        hp = volumes.get(m["name"], {}).get("hostPath")
+        if hp:
+            check(hp["path"] == m["mountPath"], f"hostPath {hp['path']} is mounted at the same path")
+    paths = values["hostPaths"]
+    for flag, key in [("--manifest-dir", "manifestDir"), ("--inactive-manifest-dir", "inactiveManifestDir"),
+                      ("--secret-dir", "secretDir"), ("--configmap-dir", "configmapDir"),
+                      ("--state-dir", "stateDir")]:
+        check(args.get(flag) == paths[key], f"{flag}={paths[key]}")
+        m = mounts.get(paths[key])
+        check(m is not None and not m.get("readOnly") and "hostPath" in volumes.get(m["name"], {}),
+              f"{paths[key]} is a writable hostPath mount")
+    check(volumes.get(mounts.get(paths["manifestDir"], {}).get("name"), {}).get("hostPath", {}).get("type")
+          == "Directory", "the kubelet's static-pod directory must already exist (type Directory)")
+    lock_dir = paths["lockFile"].rsplit("/", 1)[0]
+    check(args.get("--lock-file") == paths["lockFile"] and lock_dir in mounts,
+          f"--lock-file={paths['lockFile']} and its directory is mounted")
+    sock = values["cri"]["socketPath"]
+    if sock:
+        sock_dir = sock.rsplit("/", 1)[0]
+        m = mounts.get(sock_dir, {})
+        check(args.get("--cri-endpoint") == f"unix://{sock}", f"--cri-endpoint=unix://{sock}")
+        check(m.get("readOnly") is True and m.get("mountPropagation") == "HostToContainer",
+              f"CRI socket directory {sock_dir} is mounted read-only, HostToContainer")
+    else:
+        check(args.get("--cri-endpoint") == "", "--cri-endpoint is empty (runtime view disabled)")
+    return pod, c, args
+
+
+def scenario_defaults(rendered, namespace, app_version):
+    docs = load(rendered)
+    values = default_values()
+    kinds = sorted(d["kind"] for d in docs)
+    expected_ns = sorted(set(values["namespaces"]) | {namespace})
+    check(kinds == sorted(["ServiceAccount", "DaemonSet"] + ["Role", "RoleBinding"] * len(expected_ns)),
+          f"renders only ServiceAccount, DaemonSet, and a Role+RoleBinding per namespace: {kinds}")
+    check(not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding"),
+          "no cluster-wide RBAC by default")
+    check(sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == expected_ns,
+          f"Roles in {expected_ns} (values.namespaces + release namespace)")
+    for r in by_kind(docs, "Role"):
+        check(r["rules"] == NAMESPACED_RULES, f"Role in {r['metadata']['namespace']} has exactly the agent's rules")
+    sa = one(docs, "ServiceAccount")
+    check_rbac_bindings(docs, sa["metadata"]["name"], namespace)
+    ds = one(docs, "DaemonSet")
+    pod, c, args = check_daemonset(ds, namespace, ",".join(expected_ns), values)
+    check(pod.get("serviceAccountName") == sa["metadata"]["name"], "pod runs as the chart's service account")
+    check(pod["tolerations"] == [{"operator": "Exists"}], "tolerates every taint by default")
+    check(pod["priorityClassName"] == "system-node-critical", "system-node-critical by default")
+    check(ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+          "RollingUpdate with maxUnavailable 1 by default")
+    check(ds["spec"]["template"]["metadata"].get("annotations", {}).get(CHECKPOINT_ANNOTATION) == "true",
+          f'own pod template carries {CHECKPOINT_ANNOTATION}: "true"')
+    check(c["image"].endswith(f":{app_version}"), f"image tag defaults to appVersion {app_version}")
+    check(not any(a.startswith("--kubelet") for a in args), "kubelet access off by default")
+    check(args.get("--cri-endpoint") == "unix:///run/containerd/containerd.sock", "containerd socket by default")
+    check(c.get("resources", {}).get("requests") and c["resources"].get("limits", {}).get("memory"),
+          "resources: requests and a memory limit by default")
+
+
+def scenario_non_default(rendered, namespace, values_file):
+    docs = load(rendered)
+    values = default_values()
+    with open(values_file) as f:
+        override = yaml.safe_load(f)
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+    values = merge(values, override)
+    check(values["allNamespaces"] is True and values["kubelet"]["enabled"] is True,
+          "non-default values enable allNamespaces and kubelet access")
+    check(not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding"), "allNamespaces: no namespaced Roles")
+    crs = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
+    check(len(crs) == 2 and len(by_kind(docs, "ClusterRoleBinding")) == 2,
+          "allNamespaces + kubelet: two ClusterRoles and two ClusterRoleBindings")
+    kubelet = [r for r in crs.values() if r["rules"] == KUBELET_RULES]
+    main = [r for r in crs.values() if r["rules"] == NAMESPACED_RULES]
+    check(len(kubelet) == 1, "a ClusterRole with exactly nodes/pods get (kubelet fine-grained authz)")
+    check(len(main) == 1, "a ClusterRole with exactly the agent's namespaced rules")
+    sa = one(docs, "ServiceAccount")
+    check(sa["metadata"]["name"] == values["serviceAccount"]["name"], "service account name from values")
+    check_rbac_bindings(docs, sa["metadata"]["name"], namespace)
+    ds = one(docs, "DaemonSet")
+    pod, c, args = check_daemonset(ds, namespace, None, values)
+    check(args.get("--kubelet-url") == values["kubelet"]["url"], "--kubelet-url from values")
+    check(args.get("--kubelet-token-file") == "/var/run/secrets/kubernetes.io/serviceaccount/token",
+          "kubelet bearer token is the pod's service-account token")
+    check("--kubelet-insecure-skip-tls-verify" in args and "--kubelet-ca-file" not in args,
+          "insecureSkipTLSVerify passes the flag and no CA file")
+    check(c["args"][-len(values["extraArgs"]):] == values["extraArgs"], "extraArgs are appended last")
+    check(c["resources"] == values["resources"], "resources from values")
+    check(pod["nodeSelector"] == values["nodeSelector"] and pod["affinity"] == values["affinity"],
+          "nodeSelector and affinity from values")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    check(env.get("KUBERNETES_SERVICE_HOST") == values["apiServer"]["host"] and
+          env.get("KUBERNETES_SERVICE_PORT") == str(values["apiServer"]["port"]),
+          "apiServer host/port become KUBERNETES_SERVICE_HOST/PORT")
+    check(c["image"] == f'{values["image"]["repository"]}:{values["image"]["tag"]}@{values["image"]["digest"]}',
+          "image reference is repository:tag@digest")
+    pm = one(docs, "PodMonitor")
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service")
+    pr = one(docs, "PrometheusRule")
+    for obj in (pm, sm, pr):
+        check(obj.get("apiVersion") == "monitoring.coreos.com/v1", f"{obj.get('kind')} is monitoring.coreos.com/v1")
+    check(svc.get("spec", {}).get("clusterIP") == "None", "the metrics Service is headless")
+    check(svc["spec"]["ports"][0]["targetPort"] == values["adminPort"], "Service targets the admin port by number")
+    check(svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"], "Service selects the agent's pods")
+    for mon, eps in [(pm, "podMetricsEndpoints"), (sm, "endpoints")]:
+        ep = mon["spec"][eps][0]
+        check(any(r.get("action") == "drop" and "config_mirror" in r["sourceLabels"][0]
+                  for r in ep.get("relabelings", [])),
+              f"{mon['kind']} drops the mirror pod of the agent's own checkpoint (no duplicate series)")
+        check(mon["spec"]["selector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"],
+              f"{mon['kind']} selects the agent's pods")
+    addr = [r for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"] if r.get("targetLabel") == "__address__"]
+    check(len(addr) == 2 and all(r["replacement"].endswith(f":{values['adminPort']}") for r in addr),
+          "PodMonitor points port-less targets at the admin port (IPv4 and IPv6)")
+    base = values["monitoring"]["prometheusRule"]["runbookBaseUrl"]
+    urls = [r["annotations"]["runbook_url"] for g in pr["spec"]["groups"] for r in g["rules"]]
+    check(urls and all(u.startswith(base + "#") for u in urls), "runbookBaseUrl replaces the runbook address")
+
+
+def scenario_rbac_only(rendered):
+    docs = load(rendered)
+    kinds = {d["kind"] for d in docs}
+    check(kinds <= {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} and kinds,
+          f"templates/rbac.yaml holds only RBAC objects: {sorted(kinds)}")
+    for d in docs:
+        for rule in d.get("rules", []):
+            check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
+                  f"{d['kind']} {d['metadata']['name']}: no wildcard in {rule['resources']}")
+
+
+def scenario_service_monitor_only(rendered):
+    docs = load(rendered)
+    check(len(by_kind(docs, "ServiceMonitor")) == 1 and len(by_kind(docs, "Service")) == 1,
+          "serviceMonitor alone renders the ServiceMonitor and its headless Service")
+    check(not by_kind(docs, "PodMonitor") and not by_kind(docs, "PrometheusRule"),
+          "podMonitor and prometheusRule stay off")
+
+
+def scenario_no_self_checkpoint(rendered):
+    docs = load(rendered)
+    ds = one(docs, "DaemonSet")
+    ann = ds["spec"]["template"]["metadata"].get("annotations") or {}
+    check(CHECKPOINT_ANNOTATION not in ann, "checkpointSelf: false removes the checkpoint annotation")
+    check(not by_kind(docs, "Service"), "no Service without ServiceMonitor")
+
+
+def scenario_alerts(chart_dir, test_file, src_dir=None):
+    with open(f"{chart_dir}/files/alerts.yaml") as f:
+        rules = yaml.safe_load(f)
+    with open(test_file) as f:
+        tests = yaml.safe_load(f)
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    names = [a["alert"] for a in alerts]
+    expected = ["PodCheckpointerCheckpointActiveLong", "PodCheckpointerAPIUnreachable",
+                "PodCheckpointerRuntimePollFailing", "PodCheckpointerKubeletPollFailing",
+                "PodCheckpointerPodRefused", "PodCheckpointerWriteErrors"]
+    check(sorted(names) == sorted(expected), f"alerts are exactly {expected}")
+    src = ""
+    if src_dir:
+        src = "\n".join(p.read_text() for p in pathlib.Path(src_dir).rglob("*.rs"))
+    for a in alerts:
+        n = a["alert"]
+        used = set(re.findall(r"pod_checkpointer_([a-z_]+)", a["expr"]))
+        check(used and used <= METRICS, f"{n} uses only exported metrics: {sorted(used)}")
+        if src:
+            missing = [m for m in used if m not in src]
+            check(not missing, f"{n}: the agent's source names its metrics {sorted(used)}")
+        check(a.get("labels", {}).get("severity") in ("warning", "critical"), f"{n} has a severity")
+        ann = a.get("annotations", {})
+        check(ann.get("summary") and ann.get("description"), f"{n} has summary and description")
+        check(ann.get("runbook_url", "").endswith("README.md#" + n.lower()),
+              f"{n} runbook_url points at README.md#{n.lower()}")
+        cases = [t for g in tests["tests"] for t in g.get("alert_rule_test", []) if t["alertname"] == n]
+        check(any(t.get("exp_alerts") for t in cases) and any(not t.get("exp_alerts") for t in cases),
+              f"{n} has a promtool case where it fires and one where it does not")
+
+
+def scenario_values_documented(values_file):
+    """Every key of values.yaml has a comment line directly above it."""
+    with open(values_file) as f:
+        lines = f.read().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z0-9_./-]+):", line)
+        if not m:
+            continue
+        prev = lines[i - 1].strip() if i else ""
+        if not prev.startswith("#"):
+            undocumented.append(f"{i + 1}:{m.group(2)}")
+    check(not undocumented, f"every key in values.yaml has a comment above it {undocumented or ''}")
+
+
+def main():
+    scenario, *rest = sys.argv[1:]
+    fn = {
+        "defaults": scenario_defaults,
+        "non-default": scenario_non_default,
+        "rbac-only": scenario_rbac_only,
+        "service-monitor-only": scenario_service_monitor_only,
+        "no-self-checkpoint": scenario_no_self_checkpoint,
+        "alerts": scenario_alerts,
+        "values-documented": scenario_values_documented,
+    }[scenario]
+    fn(*rest)
+    print(f"# {scenario}: {PASSED} passed, {FAILED} failed")
+    sys.exit(1 if FAILED else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Checks the Helm chart and its alerts, offline:
+#   - helm lint --strict, with the default values and with ci/non-default-values.yaml
+#   - helm template with both, and assertions on what they render (hack/chart-assert.py):
+#     DaemonSet shape (SPEC §8), least-privilege RBAC, monitoring objects
+#   - the values schema rejects typo'd keys and bad values; template guards fail loudly
+#   - the chart's kubeVersion floor (>=1.33) is enforced
+#   - NOTES.txt renders
+#   - promtool check rules + promtool test rules on files/alerts.yaml
+#
+# Tools: HELM and PROMTOOL env, else found (hack/lib/tools.sh). KUBE_VERSION is the Kubernetes
+# version helm renders for (offline helm otherwise assumes one older than the chart's floor).
+# Exits non-zero if any check fails; ends with "N passed, N failed".
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=hack/lib/tools.sh
+source "$ROOT/hack/lib/tools.sh"
+
+CHART="$ROOT/charts/pod-checkpointer"
+CI_VALUES="$CHART/ci/non-default-values.yaml"
+KUBE_VERSION=${KUBE_VERSION:-1.34.4}
+RELEASE=pc
+NAMESPACE=pod-checkpointer
+
+HELM=$(find_helm)
+PROMTOOL=$(find_promtool)
+command -v python3 >/dev/null || die "python3 is needed"
+python3 -c 'import yaml' 2>/dev/null || die "python3 needs PyYAML (pip install pyyaml, or apt-get install python3-yaml)"
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); printf 'ok - %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'not ok - %s\n' "$*"; }
+
+# run DESCRIPTION CMD...: the command must succeed; its output is shown only on failure.
+run() {
+  local what=$1; shift
+  if "$@" >"$WORK/out" 2>&1; then pass "$what"; else fail "$what"; sed 's/^/    /' "$WORK/out"; fi
+}
+
+# rejects DESCRIPTION PATTERN CMD...: the command must fail with an error matching PATTERN.
+rejects() {
+  local what=$1 pattern=$2; shift 2
+  if "$@" >"$WORK/out" 2>&1; then
+    fail "$what (was accepted)"
+  elif grep -Eq "$pattern" "$WORK/out"; then
+    pass "$what: $(grep -Eo "$pattern" "$WORK/out" | head -1)"
+  else
+    fail "$what (failed, but not with /$pattern/)"; sed 's/^/    /' "$WORK/out"
+  fi
+}
+
+# assert SCENARIO ARGS...: chart-assert.py's own ok/not ok lines, counted here.
+assert() {
+  local out rc=0
+  out=$(python3 "$ROOT/hack/chart-assert.py" "$@" 2>&1) || rc=$?
+  printf '%s\n' "$out" | grep -v '^# ' || true
+  PASSED=$((PASSED + $(printf '%s\n' "$out" | grep -c '^ok - ' || true)))
+  FAILED=$((FAILED + $(printf '%s\n' "$out" | grep -c '^not ok - ' || true)))
+  if [ "$rc" != 0 ] && ! printf '%s\n' "$out" | grep -q '^not ok - '; then
+    fail "chart-assert.py $1 crashed"; printf '%s\n' "$out" | sed 's/^/    /'
+  fi
+}
+
+template() { "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" "$@"; }
+
+echo "# helm: $HELM ($("$HELM" version --short 2>/dev/null || echo unknown)), rendering for Kubernetes $KUBE_VERSION"
+echo "# promtool: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -1))"
+
+echo "# lint"
+run "helm lint --strict (default values)" "$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CHART"
+run "helm lint --strict (ci/non-default-values.yaml)" "$HELM" lint --strict --kube-version "$KUBE_VERSION" -f "$CI_VALUES" "$CHART"
+assert values-documented "$CHART/values.yaml"
+
+echo "# render with default values"
+if template >"$WORK/default.yaml" 2>"$WORK/err"; then
+  pass "helm template (default values)"
+  assert defaults "$WORK/default.yaml" "$NAMESPACE" "$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")"
+else
+  fail "helm template (default values)"; sed 's/^/    /' "$WORK/err"
+fi
+if template --show-only templates/rbac.yaml >"$WORK/rbac.yaml" 2>"$WORK/err"; then
+  pass "helm template --show-only templates/rbac.yaml (what the node tests apply)"
+  assert rbac-only "$WORK/rbac.yaml"
+else
+  fail "helm template --show-only templates/rbac.yaml"; sed 's/^/    /' "$WORK/err"
+fi
+
+echo "# render with ci/non-default-values.yaml"
+if template -f "$CI_VALUES" >"$WORK/non-default.yaml" 2>"$WORK/err"; then
+  pass "helm template (ci/non-default-values.yaml)"
+  assert non-default "$WORK/non-default.yaml" "$NAMESPACE" "$CI_VALUES"
+else
+  fail "helm template (ci/non-default-values.yaml)"; sed 's/^/    /' "$WORK/err"
+fi
+if template -f "$CI_VALUES" --show-only templates/rbac.yaml >"$WORK/rbac-cluster.yaml" 2>"$WORK/err"; then
+  assert rbac-only "$WORK/rbac-cluster.yaml"
+else
+  fail "helm template --show-only templates/rbac.yaml (ci values)"; sed 's/^/    /' "$WORK/err"
+fi
+
+echo "# render other switches"
+if template --set monitoring.serviceMonitor.enabled=true >"$WORK/sm.yaml" 2>"$WORK/err"; then
+  assert service-monitor-only "$WORK/sm.yaml"
+else
+  fail "helm template (serviceMonitor only)"; sed 's/^/    /' "$WORK/err"
+fi
+if template --set checkpointSelf=false >"$WORK/noself.yaml" 2>"$WORK/err"; then
+  assert no-self-checkpoint "$WORK/noself.yaml"
+else
+  fail "helm template (checkpointSelf=false)"; sed 's/^/    /' "$WORK/err"
+fi
+run "renders with the CRI disabled (cri.socketPath empty)" template --set cri.socketPath=
+run "renders with a kubelet CA file instead of skipping verification" \
+  template --set kubelet.enabled=true --set kubelet.caFile=/etc/kubelet-ca/ca.crt
+run "renders into an existing service account" \
+  template --set serviceAccount.create=false --set serviceAccount.name=existing
+
+echo "# values schema and guards"
+rejects "schema rejects a typo'd top-level key (imageTag)" "additional properties|additionalProperties|not allowed" \
+  template --set imageTag=1.2.3
+rejects "schema rejects a typo'd nested key (kubelet.enable)" "additional properties|additionalProperties|not allowed" \
+  template --set kubelet.enable=true
+rejects "schema rejects a typo'd monitoring key (monitoring.podmonitor)" "additional properties|additionalProperties|not allowed" \
+  template --set monitoring.podmonitor.enabled=true
+rejects "schema rejects an unknown log format" "logFormat" template --set logFormat=xml
+rejects "schema rejects a duration without unit" "gracePeriod" template --set gracePeriod=60
+rejects "schema rejects a relative host path" "hostPaths" template --set hostPaths.stateDir=var/lib/x
+rejects "schema rejects kubelet access without a URL" "url" template --set kubelet.enabled=true --set kubelet.url=
+rejects "template rejects two hostPaths on one directory" "every path must be its own directory" \
+  template --set hostPaths.stateDir=/etc/kubernetes/manifests
+rejects "template rejects serviceAccount.create=false without a name" "serviceAccount.name" \
+  template --set serviceAccount.create=false
+rejects "kubeVersion floor: Kubernetes 1.32 is refused" "incompatible with Kubernetes" \
+  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.32.9
+run "kubeVersion floor: Kubernetes 1.33.0 is accepted" "$HELM" template "$RELEASE" "$CHART" --kube-version 1.33.0
+
+echo "# NOTES.txt"
+# helm renders NOTES only on install (which needs a cluster here): render it through a copy of
+# the chart where it is wrapped in a template.
+mkdir -p "$WORK/notes-chart"
+cp -r "$CHART/." "$WORK/notes-chart/"
+{ echo '{{- define "notes-check" }}'; cat "$CHART/templates/NOTES.txt"; echo '{{- end }}'; } >"$WORK/notes-chart/templates/_notes-check.tpl"
+rm "$WORK/notes-chart/templates/NOTES.txt"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include "notes-check" . | quote }}\n' \
+  >"$WORK/notes-chart/templates/notes-check.yaml"
+for values in default "$CI_VALUES"; do
+  set -- --show-only templates/notes-check.yaml
+  [ "$values" = default ] || set -- "$@" -f "$values"
+  if "$HELM" template "$RELEASE" "$WORK/notes-chart" -n "$NAMESPACE" --kube-version "$KUBE_VERSION" "$@" \
+      >"$WORK/notes.yaml" 2>"$WORK/err" && grep -q 'is installed as DaemonSet' "$WORK/notes.yaml"; then
+    pass "NOTES.txt renders ($(basename "$values"))"
+  else
+    fail "NOTES.txt renders ($(basename "$values"))"; sed 's/^/    /' "$WORK/err"
+  fi
+done
+
+echo "# the agent accepts the rendered command line"
+# Every flag the chart passes must parse: clap checks each argument (names, values, enums)
+# before it acts on a trailing --help. Needs a built binary; skipped without one.
+BIN=${POD_CHECKPOINTER_BIN:-}
+if [ -z "$BIN" ]; then
+  BIN=$(ls -t "$ROOT"/target/release/pod-checkpointer "$ROOT"/target/*/release/pod-checkpointer \
+    "$ROOT"/target/debug/pod-checkpointer 2>/dev/null | head -n1 || true)
+fi
+if [ -n "$BIN" ] && [ -x "$BIN" ]; then
+  echo "# binary: $BIN"
+  for rendered in default non-default; do
+    [ -f "$WORK/$rendered.yaml" ] || continue
+    mapfile -t agent_args < <(python3 - "$WORK/$rendered.yaml" <<'PY'
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "DaemonSet":
+        print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))
+PY
+    )
+    run "pod-checkpointer parses the $rendered command line (${#agent_args[@]} args)" "$BIN" "${agent_args[@]}" --help
+  done
+else
+  echo "# skipped: no pod-checkpointer binary (cargo build, or set POD_CHECKPOINTER_BIN)"
+fi
+
+echo "# alerts"
+run "promtool check rules files/alerts.yaml" "$PROMTOOL" check rules "$CHART/files/alerts.yaml"
+run "promtool test rules tests/alerts_test.yaml" "$PROMTOOL" test rules "$CHART/tests/alerts_test.yaml"
+src_args=()
+# Once the agent's metrics module exists, the alerts' metric names must appear in its source.
+[ -f "$ROOT/src/metrics.rs" ] && src_args=("$ROOT/src")
+assert alerts "$CHART" "$CHART/tests/alerts_test.yaml" "${src_args[@]}"
+if template -f "$CI_VALUES" --show-only templates/prometheusrule.yaml >"$WORK/rule.yaml" 2>"$WORK/err" &&
+   python3 - "$WORK/rule.yaml" "$CHART/files/alerts.yaml" "$CI_VALUES" <<'PY'
+import sys, yaml
+rendered = yaml.safe_load(open(sys.argv[1]))
+base = yaml.safe_load(open(sys.argv[3]))["monitoring"]["prometheusRule"]["runbookBaseUrl"]
+text = open(sys.argv[2]).read().replace(
+    "https://github.com/pod-checkpointer/pod-checkpointer/blob/main/README.md", base)
+sys.exit(0 if rendered["spec"]["groups"] == yaml.safe_load(text)["groups"] else 1)
+PY
+then
+  pass "the PrometheusRule ships files/alerts.yaml unchanged (except the runbook address)"
+else
+  fail "the PrometheusRule ships files/alerts.yaml unchanged"; sed 's/^/    /' "$WORK/err"
+fi
+
+echo
+echo "chart-check: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
