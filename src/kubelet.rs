@@ -3,8 +3,9 @@
 //! until the node reboots; so after the API server disappears the agent still learns about parents
 //! it had not checkpointed yet, and, when no CRI endpoint is configured, which pods run.
 //!
-//! Built on `kube::Client` pointed at the kubelet, so TLS, client certificates and bearer token
-//! files (re-read when they rotate) come from the same stack as the API client.
+//! Built on `kube::Client` pointed at the kubelet, so TLS (CA file re-read by kube when it
+//! rotates) and client certificates come from the same HTTP stack as the API client; the bearer
+//! token file is re-read for every request, so a rotated token is used at once.
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,14 @@ impl KubeletClient {
         // The agent polls every second anyway; a retry would only delay "the kubelet is gone".
         config.default_retry = false;
         config.accept_invalid_certs = cfg.insecure_skip_tls_verify;
+        if let Some(ca) = &cfg.ca_file {
+            // kube's own error would not name the file.
+            std::fs::File::open(ca).map_err(|e| KubeletError::Client {
+                url: url.clone(),
+                detail: format!("CA file {}: {e}", ca.display()),
+            })?;
+        }
+        // Re-read periodically by kube, so a rotated CA is picked up.
         config.root_cert_file = cfg.ca_file.clone();
         if let Some(p) = &cfg.client_cert {
             config.auth_info.client_certificate = Some(path_string("client certificate", p)?);
@@ -171,27 +180,31 @@ impl KubeletClient {
             token_file: cfg.token_file.clone(),
         };
         // Fail at start on a wrong path or an unusable token, not on every poll.
-        client.authorization()?;
+        client
+            .authorization()
+            .map_err(|detail| KubeletError::Client {
+                url: client.url.clone(),
+                detail,
+            })?;
         Ok(client)
     }
 
-    /// `Authorization: Bearer <token>` from the token file, read now (kube's own token-file support
-    /// caches for a minute and does not trim a trailing newline, which the kubelet rejects).
-    fn authorization(&self) -> Result<Option<http::HeaderValue>, KubeletError> {
+    /// `Authorization: Bearer <token>` from the token file, read on every call. (kube's own
+    /// token-file support caches the token for a minute and keeps a trailing newline, which makes
+    /// the header invalid.)
+    fn authorization(&self) -> Result<Option<http::HeaderValue>, String> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let fail = |what: String| KubeletError::Request {
-            url: self.url.clone(),
-            detail: format!("bearer token file {}: {what}", path.display()),
-        };
-        let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let fail =
+            |what: &dyn std::fmt::Display| format!("bearer token file {}: {what}", path.display());
+        let token = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
         let token = token.trim();
         if token.is_empty() {
-            return Err(fail("empty".into()));
+            return Err(fail(&"empty"));
         }
         let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| fail("not a valid HTTP header value".into()))?;
+            .map_err(|_| fail(&"not a valid HTTP header value"))?;
         value.set_sensitive(true);
         Ok(Some(value))
     }
@@ -202,11 +215,18 @@ impl KubeletClient {
     }
 
     /// `GET <url>/pods`. Items that fail to parse as a Pod are skipped and reported in
-    /// [`KubeletPods::unparsable`], never fatal for the rest; a failed request or a body that is
-    /// not a pod list is an error (never an empty list).
+    /// [`KubeletPods::unparsable`], never fatal for the rest (not logged here: the caller polls
+    /// every second and should log when that list changes); a failed request or a body that is not
+    /// a pod list is an error, never an empty list.
     pub async fn pods(&self) -> Result<KubeletPods, KubeletError> {
         let mut request = http::Request::get("/pods");
-        if let Some(auth) = self.authorization()? {
+        let auth = self
+            .authorization()
+            .map_err(|detail| KubeletError::Request {
+                url: self.url.clone(),
+                detail,
+            })?;
+        if let Some(auth) = auth {
             request = request.header(http::header::AUTHORIZATION, auth);
         }
         let request = request
@@ -229,9 +249,6 @@ impl KubeletClient {
             url: self.url.clone(),
             what,
         })?;
-        for bad in &pods.unparsable {
-            tracing::warn!(url = %self.url, item = %bad, "skipping unparsable pod from the kubelet");
-        }
         Ok(pods)
     }
 }
@@ -565,10 +582,15 @@ mod tests {
         let mut cfg = KubeletConfig::new("https://127.0.0.1:10250");
         cfg.token_file = Some("/nonexistent/token".into());
         let err = KubeletClient::new(&cfg).expect_err("missing token file");
+        assert!(matches!(err, KubeletError::Client { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/token"), "{err}");
         let mut cfg = KubeletConfig::new("https://127.0.0.1:10250");
         cfg.ca_file = Some("/nonexistent/ca.pem".into());
         let err = KubeletClient::new(&cfg).expect_err("missing CA file");
-        assert!(err.to_string().contains("127.0.0.1:10250"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("127.0.0.1:10250") && msg.contains("/nonexistent/ca.pem"),
+            "{msg}"
+        );
     }
 }
