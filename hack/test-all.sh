@@ -2,7 +2,8 @@
 # Every test of the project, exactly as CI runs it (`.ci/run` calls `make test`, which calls this):
 #   1. formatting and clippy (-D warnings)
 #   2. unit, table and property tests; store crash tests; the CRI client against a real containerd
-#   3. the Helm chart and its alerts (helm lint/template, schema, promtool check/test rules)
+#   3. the Helm chart and its alerts (helm lint/template, schema, promtool check/test rules), and
+#      every object it renders accepted by the real API server (kubectl apply --dry-run=server)
 #   4. end-to-end scenarios on a real single-node cluster (etcd, kube-apiserver, controller-manager,
 #      scheduler, containerd, kubelet) that tests/node/node.sh brings up and always tears down
 # On a fresh machine it installs what it needs first (Debian packages; Kubernetes tools are built
@@ -53,6 +54,9 @@ cleanup() {
 trap cleanup EXIT
 bash tests/node/node.sh up
 eval "$(bash tests/node/node.sh env)"
+
+step "every rendered chart object accepted by the real API server (dry run)"
+bash hack/chart-dry-run.sh
 
 step "end-to-end scenarios on the real node"
 cargo test --locked --features e2e --test e2e -- --test-threads=1

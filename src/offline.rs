@@ -128,7 +128,31 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
 
 /// JSON is YAML, so one parser serves both.
 fn parse_one<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
-    Ok(serde_yaml::from_str(text)?)
+    let mut value: serde_json::Value = serde_yaml::from_str(text)?;
+    octal_modes(&mut value);
+    Ok(serde_json::from_value(value)?)
+}
+
+/// Manifests written for kubectl say `defaultMode: 0400`, which YAML 1.1 reads as octal and this
+/// YAML 1.2 parser as a string; read such modes the way kubectl does.
+fn octal_modes(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let octal = matches!(k.as_str(), "mode" | "defaultMode")
+                    .then(|| val.as_str())
+                    .flatten()
+                    .filter(|s| s.len() > 1 && s.starts_with('0'))
+                    .and_then(|s| i64::from_str_radix(s, 8).ok());
+                match octal {
+                    Some(n) => *val = n.into(),
+                    None => octal_modes(val),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
 }
 
 /// Reads Secrets and ConfigMaps of the pod's namespace from a v1 List or YAML documents.

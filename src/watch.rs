@@ -137,16 +137,16 @@ async fn follow_pods(
     metrics: Metrics,
 ) {
     let mut events = std::pin::pin!(events);
-    // A refusal (RBAC, credentials) is an operator's problem, logged once per reason as an error.
-    let mut refused_logged: Option<&'static str> = None;
+    // Whether the last thing logged was a failure, so each transition is logged once.
+    let mut down_logged = false;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init | Event::InitApply(_)) => continue,
             Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
-                refused_logged = None;
                 if !up.swap(true, Ordering::Relaxed) {
                     tracing::info!(scope = %scope, action = "api_reachable", "pod watch synced with the API server");
                 }
+                down_logged = false;
                 metrics.synced("api");
             }
             Err(e) => {
@@ -155,17 +155,14 @@ async fn follow_pods(
                     .api_errors
                     .with_label_values(&["pods", reason])
                     .inc();
-                let was_up = up.swap(false, Ordering::Relaxed);
-                let refused = matches!(reason, "forbidden" | "unauthorized");
-                if refused && refused_logged != Some(reason) {
-                    refused_logged = Some(reason);
+                up.store(false, Ordering::Relaxed);
+                if !down_logged {
+                    down_logged = true;
                     if reason == "forbidden" {
-                        tracing::error!(scope = %scope, resource = "pods", action = "api_unreachable", reason, error = %e, "not allowed to list/watch pods in this scope; check the agent's RBAC (it needs get, list and watch on pods). The API view stays unknown and no checkpoint is removed until it is allowed");
+                        tracing::error!(scope = %scope, action = "api_unreachable", reason, error = %e, "not allowed to watch pods; check the agent's RBAC for this namespace");
                     } else {
-                        tracing::error!(scope = %scope, resource = "pods", action = "api_unreachable", reason, error = %e, "the API server rejected the agent's credentials; check its service account and token. The API view stays unknown and no checkpoint is removed until they are accepted");
+                        tracing::warn!(scope = %scope, action = "api_unreachable", reason, error = %e, "cannot reach the API server; retrying, and removing nothing until it is back");
                     }
-                } else if was_up {
-                    tracing::warn!(scope = %scope, action = "api_unreachable", reason, error = %e, "lost the API server; checkpoints will not be removed until it is back");
                 } else {
                     tracing::debug!(scope = %scope, reason, error = %e, "pod watch still failing");
                 }

@@ -1,0 +1,240 @@
+//! The binary as an operator meets it, without a cluster: `render`, `status`, and the agent
+//! started with no API server and no runtime to talk to.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-checkpointer");
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: api
+  namespace: kube-system
+  annotations: {checkpointer.alpha.coreos.com/checkpoint: "true"}
+spec:
+  serviceAccountName: api
+  imagePullSecrets: [{name: registry}]
+  containers:
+  - name: api
+    image: example/api:1
+    env:
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: creds, key: password}}
+    volumeMounts: [{name: creds, mountPath: /creds}, {name: token, mountPath: /token}]
+  volumes:
+  - name: creds
+    secret: {secretName: creds, defaultMode: 0400}
+  - name: token
+    projected:
+      sources: [{serviceAccountToken: {path: token, expirationSeconds: 3600}}]
+"#;
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: kube-system}
+stringData: {password: hunter2}
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write fixture");
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pod-checkpointer")
+}
+
+#[test]
+fn render_prints_the_checkpoint_and_writes_it_under_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(dir.path(), "pod.yaml", POD);
+    let objects = write(dir.path(), "objects.yaml", OBJECTS);
+    let root = dir.path().join("node");
+    let out = run(&[
+        "render",
+        "--pod",
+        pod.to_str().expect("utf-8"),
+        "--objects",
+        objects.to_str().expect("utf-8"),
+        "--root",
+        root.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON pod");
+    assert_eq!(
+        manifest["metadata"]["annotations"]["checkpointer.alpha.coreos.com/checkpoint-of"],
+        "api"
+    );
+    assert!(manifest["spec"]["imagePullSecrets"].is_null());
+    assert_eq!(
+        manifest["spec"]["containers"][0]["env"][0]["value"],
+        "hunter2"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("token"),
+        "offline token is explained: {stderr}"
+    );
+
+    let written = root.join("etc/kubernetes/inactive-manifests/kube-system-api.json");
+    assert_eq!(
+        std::fs::read(&written).expect("manifest written"),
+        out.stdout
+    );
+    let secret = std::fs::read_dir(root.join("etc/kubernetes/checkpoint-secrets/kube-system/api"))
+        .expect("secret dir")
+        .flatten()
+        .map(|e| e.path().join("password"))
+        .find(|p| p.exists())
+        .expect("secret file");
+    assert_eq!(std::fs::read_to_string(secret).expect("read"), "hunter2");
+
+    let status = run(&["status", "--root", root.to_str().expect("utf-8")]);
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("kube-system/api (inactive)"), "{text}");
+    assert!(!text.contains("hunter2"), "status never shows secret data");
+}
+
+#[test]
+fn render_refuses_a_missing_secret_and_a_pvc_naming_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pod = write(dir.path(), "pod.yaml", POD);
+    let out = run(&["render", "--pod", pod.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("creds"), "names the missing secret: {err}");
+
+    let pvc = POD.replace(
+        "secret: {secretName: creds, defaultMode: 0400}",
+        "persistentVolumeClaim: {claimName: data}",
+    );
+    let pod = write(dir.path(), "pvc.yaml", &pvc);
+    let objects = write(dir.path(), "objects.yaml", OBJECTS);
+    let out = run(&[
+        "render",
+        "--pod",
+        pod.to_str().expect("utf-8"),
+        "--objects",
+        objects.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unsupported_volume") && err.contains("creds"),
+        "{err}"
+    );
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// With no API server and no runtime, the agent starts, reports the API as unreachable, logs the
+/// problem once, and exits 0 on SIGTERM.
+#[test]
+fn agent_without_api_server_or_runtime_starts_reports_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An API server address nothing listens on (loopback only).
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "--node-name",
+            "n1",
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf-8"),
+        ])
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args(["--admin-addr", &addr, "--poll-interval", "200ms", "--root"])
+        .arg(dir.path().join("root"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+
+    let started = Instant::now();
+    let metrics = loop {
+        let m = get(&addr, "/metrics").map(|r| r.1).unwrap_or_default();
+        if m.contains("pod_checkpointer_runtime_poll_errors_total 3")
+            || started.elapsed() > Duration::from_secs(20)
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("pod_checkpointer_api_reachable 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pod_checkpointer_runtime_poll_errors_total 3"),
+        "{metrics}"
+    );
+    assert_eq!(get(&addr, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(
+        get(&addr, "/readyz").map(|r| r.0),
+        Some(503),
+        "not ready before the first sync"
+    );
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit 0 on SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(&log).expect("log");
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("\"action\":\"api_unreachable\""),
+        1,
+        "logged once:\n{log}"
+    );
+    assert_eq!(
+        count("\"action\":\"source_down\""),
+        1,
+        "logged once:\n{log}"
+    );
+}
