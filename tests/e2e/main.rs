@@ -189,6 +189,11 @@ async fn annotated_pod_gets_an_inactive_checkpoint_with_its_files() {
     assert!(!agent.inactive_manifest(&ns.key("plain")).exists());
     assert!(!node.active_manifest(&key).exists());
     assert_eq!(agent.metric("pod_checkpointer_api_reachable"), Some(1.0));
+    let (status, metrics) = agent.get("/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    promtool_check_metrics(&metrics);
+    assert_eq!(agent.get("/healthz").map(|r| r.0), Some(200));
+    assert_eq!(agent.get("/readyz").map(|r| r.0), Some(200));
     assert!(
         agent
             .log()
