@@ -93,7 +93,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let api = match kube_client(&args).await {
+    let api = match kube_client(&args, &store.layout().state_dir).await {
         Ok(client) => Some(ApiSide {
             pods: PodWatch::spawn(
                 &client,
@@ -123,7 +123,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         node_view.clone(),
         trigger.clone(),
         metrics.clone(),
-        health.clone(),
         shutdown.clone(),
     ));
 
@@ -196,9 +195,21 @@ fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
     Ok(NodeSources { cri, kubelet })
 }
 
+/// Where the agent remembers the in-cluster API address it was given.
+const API_ADDRESS_FILE: &str = "api-server-url";
+
 /// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
 /// server here, so a dead API server does not stop the agent from starting.
-async fn kube_client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
+///
+/// The kubelet gives a container `KUBERNETES_SERVICE_HOST` only once it has listed Services, so
+/// the static copy of the agent started after a reboot with the API server down has none. The
+/// DaemonSet pod therefore records the address it was given in the state directory, and a copy
+/// started without one uses that.
+async fn kube_client(
+    args: &AgentArgs,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<kube::Client> {
+    let remembered = state_dir.join(API_ADDRESS_FILE);
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -207,7 +218,32 @@ async fn kube_client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
                 .await
                 .context("loading kubeconfig")?
         }
-        None => kube::Config::incluster().context("in-cluster configuration")?,
+        None => {
+            match kube::Config::incluster_env() {
+                Ok(config) => {
+                    let url = config.cluster_url.to_string();
+                    if std::fs::read_to_string(&remembered).ok().as_deref() != Some(url.as_str())
+                        && let Err(e) = std::fs::write(&remembered, &url)
+                    {
+                        tracing::warn!(error = %e, path = %remembered.display(), "could not remember the API server address");
+                    }
+                    config
+                }
+                Err(env_err) => {
+                    let url = std::fs::read_to_string(&remembered).with_context(|| {
+                    format!("in-cluster configuration: {env_err}; and no remembered API address in {}", remembered.display())
+                })?;
+                    let mut config =
+                        kube::Config::incluster_dns().context("in-cluster configuration")?;
+                    config.cluster_url = url
+                        .trim()
+                        .parse()
+                        .context("remembered API server address")?;
+                    tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
+                    config
+                }
+            }
+        }
     };
     kube::Client::try_from(config).context("building the API client")
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
 use crate::cri::{CriClient, Running};
 use crate::kubelet::{self, KubeletClient};
 use crate::metrics::Metrics;
@@ -49,7 +48,6 @@ pub async fn run(
     view: SharedNodeView,
     trigger: Trigger,
     metrics: Metrics,
-    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -61,7 +59,6 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        health.beat();
         let kubelet_pods = match &sources.kubelet {
             None => Observation::Unknown,
             Some(k) => match k.pods().await {
