@@ -10,6 +10,8 @@
 # from the Go module proxy and cached under ~/.cache/pod-checkpointer, so later runs are fast).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Toolchains as this machine kind installs them, for shells that did not source a profile.
+export PATH="$PATH:$HOME/.cargo/bin:/usr/local/go/bin"
 
 started=$SECONDS
 step() { printf '\n==> %s  [%s, +%ss]\n' "$*" "$(date +%T)" "$((SECONDS - started))"; }

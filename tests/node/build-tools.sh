@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes node components the integration tests and the demo run on, from the
+# Builds the real Kubernetes node components the integration tests and the demo run on
+# (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl; helm, crictl), from the
 # Go module proxy, and caches them outside the work tree keyed by version, so a second run is instant.
 # Prints the cache's bin directory on stdout; progress goes to stderr.
 set -euo pipefail
+export PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "build-tools: Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
