@@ -60,6 +60,7 @@ NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
+SELF_RULES = [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get", "list", "watch"]}]
 KUBELET_RULES = [{"apiGroups": [""], "resources": ["nodes/pods"], "verbs": ["get"]}]
 
 # Metrics the agent exports (the interface the alerts may use), without the prefix.
@@ -190,7 +191,8 @@ def scenario_defaults(rendered, namespace, app_version):
     check(sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == expected_ns,
           f"Roles in {expected_ns} (values.namespaces + release namespace)")
     for r in by_kind(docs, "Role"):
-        check(r["rules"] == NAMESPACED_RULES, f"Role in {r['metadata']['namespace']} has exactly the agent's rules")
+        want = NAMESPACED_RULES + (SELF_RULES if r["metadata"]["namespace"] == namespace else [])
+        check(r["rules"] == want, f"Role in {r['metadata']['namespace']} has exactly the agent's rules")
     sa = one(docs, "ServiceAccount")
     check_rbac_bindings(docs, sa["metadata"]["name"], namespace)
     ds = one(docs, "DaemonSet")
@@ -227,7 +229,7 @@ def scenario_non_default(rendered, namespace, values_file):
     check(len(crs) == 2 and len(by_kind(docs, "ClusterRoleBinding")) == 2,
           "allNamespaces + kubelet: two ClusterRoles and two ClusterRoleBindings")
     kubelet = [r for r in crs.values() if r["rules"] == KUBELET_RULES]
-    main = [r for r in crs.values() if r["rules"] == NAMESPACED_RULES]
+    main = [r for r in crs.values() if r["rules"] == NAMESPACED_RULES + SELF_RULES]
     check(len(kubelet) == 1, "a ClusterRole with exactly nodes/pods get (kubelet fine-grained authz)")
     check(len(main) == 1, "a ClusterRole with exactly the agent's namespaced rules")
     sa = one(docs, "ServiceAccount")

@@ -19,10 +19,14 @@ use crate::model::PodKey;
 use crate::poller::{self, NodeSources, NodeView};
 use crate::reconciler::{ApiSide, Reconciler, Settings};
 use crate::store::Store;
-use crate::watch::{Events, ObjectWatches, PodWatch, Tokens, Trigger};
+use crate::watch::{Events, ObjectWatches, OwnerWatch, PodWatch, Tokens, Trigger};
 
 /// Local state is looked at this often even when nothing changes (repairs, deadlines).
 const RESYNC: Duration = Duration::from_secs(10);
+/// Passes run back to back while each one changes something, at most this many in a row.
+const MAX_QUICK_PASSES: u32 = 5;
+/// How long a SIGTERM during uninstall waits for the node to be clean (the chart gives 30s).
+const DRAIN: Duration = Duration::from_secs(20);
 
 /// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration; an
 /// unreachable API server or runtime is a state to live with, not a reason to exit.
@@ -105,6 +109,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
             tokens: Tokens::default(),
             events: Events::new(client.clone(), &node_name),
+            uninstall: match (&args.pod_namespace, &args.pod_name) {
+                (Some(ns), Some(name)) if me.is_some() => {
+                    Some(OwnerWatch::spawn(client.clone(), ns, name, trigger.clone()))
+                }
+                _ => None,
+            },
             client,
         }),
         Err(e) => {
@@ -117,6 +127,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
 
     let node_view = Arc::new(Mutex::new(NodeView::default()));
+    let runtime = sources.cri.clone();
     let poll = tokio::spawn(poller::run(
         sources,
         args.poll_interval,
@@ -132,22 +143,45 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         grace: args.grace_period,
         namespaces: args.namespaces.clone(),
     };
-    let mut reconciler = Reconciler::new(settings, store, metrics, node_view, api);
+    let mut reconciler = Reconciler::new(settings, store, metrics, node_view, runtime, api);
+    // Set by SIGTERM while uninstalling: finish cleaning the node, within the pod's grace period.
+    let mut draining_until: Option<tokio::time::Instant> = None;
+    let mut quick_passes = 0;
     loop {
-        let wake_at = reconciler.reconcile().await;
+        let pass = reconciler.reconcile().await;
         health.beat();
         if reconciler.synced_once() {
             health.set_ready();
         }
-        let wait = wake_at
-            .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
-            .map_or(RESYNC, |d| d.min(RESYNC));
+        if let Some(until) = draining_until
+            && (pass.checkpoints_on_disk == 0 || tokio::time::Instant::now() >= until)
+        {
+            break;
+        }
+        // A step done (say, another checkpoint removed) may make the next one possible now.
+        quick_passes = if pass.acted { quick_passes + 1 } else { 0 };
+        let wait = if pass.acted && quick_passes <= MAX_QUICK_PASSES {
+            Duration::ZERO
+        } else if draining_until.is_some() {
+            Duration::from_millis(200)
+        } else {
+            pass.wake_at
+                .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
+                .map_or(RESYNC, |d| d.min(RESYNC))
+        };
         // The pass above ran to completion: stopping here never leaves a write half done.
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = trigger.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+        let stop = tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+            _ = trigger.notified() => false,
+            _ = tokio::time::sleep(wait) => false,
+        };
+        if stop {
+            if !reconciler.uninstalling() {
+                break;
+            }
+            tracing::info!(action = "uninstall", "stopping after the node is clean");
+            draining_until = Some(tokio::time::Instant::now() + DRAIN);
         }
     }
     poll.abort();

@@ -46,6 +46,9 @@ pub struct Inputs<'a> {
     pub disk: &'a BTreeMap<PodKey, OnDiskState>,
     /// Persisted removal deadlines.
     pub deadlines: &'a BTreeMap<PodKey, Timestamp>,
+    /// The agent's own DaemonSet is being deleted: it is being uninstalled from the node, and
+    /// must leave nothing behind while it still can.
+    pub uninstalling: bool,
 }
 
 /// One step for the shell to carry out. Actions are listed in the order they must run.
@@ -130,7 +133,7 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
 
     let self_due = inp
         .me
-        .is_some_and(|me| matches!(removal(inp, me, &mut out), Removal::Due));
+        .is_some_and(|me| matches!(removal(inp, me, &mut out), Removal::Due) || inp.uninstalling);
     // The agent itself is gone from the API: every checkpoint goes, its own last.
     if self_due {
         let mut others_left = false;
@@ -310,6 +313,7 @@ mod tests {
         written: BTreeMap<PodKey, u64>,
         disk: BTreeMap<PodKey, OnDiskState>,
         deadlines: BTreeMap<PodKey, Timestamp>,
+        uninstalling: bool,
     }
 
     impl World {
@@ -323,6 +327,7 @@ mod tests {
                 written: BTreeMap::new(),
                 disk: BTreeMap::new(),
                 deadlines: BTreeMap::new(),
+                uninstalling: false,
             }
         }
         fn api_up(mut self) -> Self {
@@ -390,6 +395,7 @@ mod tests {
                 written: &self.written,
                 disk: &self.disk,
                 deadlines: &self.deadlines,
+                uninstalling: self.uninstalling,
             })
         }
         fn actions(&self) -> Vec<Action> {
@@ -600,6 +606,30 @@ mod tests {
         assert_eq!(
             only_active.actions(),
             vec![deactivate(&me, DeactivateReason::Removal)]
+        );
+    }
+
+    #[test]
+    fn uninstalled_agent_removes_everything_at_once_without_waiting_for_grace() {
+        let me = key("pod-checkpointer");
+        let a = key("apiserver");
+        let mut w = World::new()
+            .me(&me)
+            .api_up()
+            .listed(&me, true)
+            .listed(&a, true)
+            .running(&a)
+            .inactive(&me)
+            .active(&me)
+            .inactive(&a);
+        w.uninstalling = true;
+        assert_eq!(w.actions(), vec![remove(&a)], "others first");
+        let mut alone = World::new().me(&me).inactive(&me).active(&me);
+        alone.uninstalling = true;
+        assert_eq!(
+            alone.actions(),
+            vec![remove(&me), deactivate(&me, DeactivateReason::Removal)],
+            "then itself, even with the API gone"
         );
     }
 

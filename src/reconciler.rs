@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, ResourceExt};
 
+use crate::cri::CriClient;
 use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
 use crate::metrics::Metrics;
 use crate::model::{Observation, PodKey};
@@ -36,6 +37,8 @@ pub struct ApiSide {
     pub objects: ObjectWatches,
     pub tokens: Tokens,
     pub events: Events,
+    /// Set once the agent's own DaemonSet is being deleted.
+    pub uninstall: Option<crate::watch::OwnerWatch>,
 }
 
 /// Why a parent has no fresh checkpoint this pass.
@@ -53,6 +56,9 @@ pub struct Reconciler {
     store: Store,
     metrics: Metrics,
     node: SharedNodeView,
+    /// Asked again at the start of every pass: an API event ("the parent runs") can arrive
+    /// before the next poll would have seen it, and a stale "not running" must not activate.
+    runtime: Option<CriClient>,
     api: Option<ApiSide>,
     written: BTreeMap<PodKey, u64>,
     deadlines: BTreeMap<PodKey, Timestamp>,
@@ -70,6 +76,7 @@ impl Reconciler {
         store: Store,
         metrics: Metrics,
         node: SharedNodeView,
+        runtime: Option<CriClient>,
         api: Option<ApiSide>,
     ) -> Self {
         let deadlines = store.load_deadlines().unwrap_or_else(|e| {
@@ -81,6 +88,7 @@ impl Reconciler {
             store,
             metrics,
             node,
+            runtime,
             api,
             written: BTreeMap::new(),
             deadlines,
@@ -95,10 +103,24 @@ impl Reconciler {
         self.synced_once
     }
 
-    /// One reconcile pass. Returns when the next pass is due even if nothing changes.
-    pub async fn reconcile(&mut self) -> Option<Timestamp> {
+    /// True once the agent's own DaemonSet is being deleted.
+    pub fn uninstalling(&self) -> bool {
+        self.api
+            .as_ref()
+            .and_then(|a| a.uninstall.as_ref())
+            .is_some_and(|u| u.deleted())
+    }
+
+    /// One reconcile pass.
+    pub async fn reconcile(&mut self) -> Pass {
         let started = Instant::now();
-        let node = self.node.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut node = self.node.lock().map(|v| v.clone()).unwrap_or_default();
+        if let Some(cri) = &self.runtime {
+            node.running = match cri.running().await {
+                Ok(r) => Observation::Known(r),
+                Err(_) => Observation::Unknown,
+            };
+        }
         let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
         self.metrics
             .api_reachable
@@ -126,6 +148,7 @@ impl Reconciler {
 
         self.fetch_references(&parents, api_pods.is_some()).await;
         let disk = self.scan();
+        let checkpoints_on_disk = disk.checkpoints.len();
         let mut checkpoints = BTreeMap::new();
         let mut refused = BTreeMap::new();
         for parent in &parents {
@@ -195,15 +218,19 @@ impl Reconciler {
             written: &self.written,
             disk: &on_disk,
             deadlines: &self.deadlines,
+            uninstalling: self.uninstalling(),
         });
 
         let deadlines_before = self.deadlines.clone();
         let mut failed: BTreeSet<PodKey> = BTreeSet::new();
+        let mut acted = false;
         for action in &decision.actions {
             if failed.contains(action.key()) {
                 continue;
             }
-            if let Err(e) = self.apply(action, &checkpoints) {
+            let result = self.apply(action, &checkpoints);
+            acted |= result.is_ok();
+            if let Err(e) = result {
                 self.metrics.write_errors.inc();
                 let key = action.key();
                 tracing::error!(namespace = %key.namespace, pod = %key.name, action = action.name(), reason = e.reason, error = %e.message, "checkpoint operation failed; will retry");
@@ -226,10 +253,21 @@ impl Reconciler {
             .as_ref()
             .and_then(|a| a.tokens.next_refresh())
             .filter(|_| api_pods.is_some());
-        match (decision.wake_at, token_refresh) {
+        let wake_at = match (decision.wake_at, token_refresh) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        };
+        Pass {
+            wake_at,
+            acted,
+            checkpoints_on_disk,
         }
+    }
+
+    fn manages(&self, key: &PodKey) -> bool {
+        self.settings.namespaces.is_empty()
+            || self.settings.namespaces.contains(&key.namespace)
+            || Some(key) == self.settings.me.as_ref()
     }
 
     /// A parent bound here, in an allowed namespace.
@@ -322,9 +360,12 @@ impl Reconciler {
         sanitize::sanitize(parent, &objects, self.store.layout()).map_err(Skip::Refused)
     }
 
+    /// The checkpoints this agent manages: those in its namespaces (the static pod directory is
+    /// shared with other agents and other tools), and always its own.
     fn scan(&self) -> DiskView {
         match self.store.scan() {
-            Ok(view) => {
+            Ok(mut view) => {
+                view.checkpoints.retain(|k, _| self.manages(k));
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
@@ -459,10 +500,7 @@ impl Reconciler {
 
     /// Exports checkpoint counts by state from a fresh look at the disk.
     fn report_states(&self) {
-        let disk = match self.store.scan() {
-            Ok(d) => d,
-            Err(_) => return,
-        };
+        let disk = self.scan();
         let (mut inactive, mut active, mut grace) = (0, 0, 0);
         self.metrics.activated_timestamp.reset();
         for (key, d) in &disk.checkpoints {
@@ -490,6 +528,17 @@ impl Reconciler {
         m.with_label_values(&["active"]).set(active);
         m.with_label_values(&["grace"]).set(grace);
     }
+}
+
+/// What one reconcile pass reports to the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    /// When the next pass is due even if nothing changes.
+    pub wake_at: Option<Timestamp>,
+    /// Something changed on disk: look again at once, the next step may be ready.
+    pub acted: bool,
+    /// Checkpoints this agent manages that were on disk at the start of the pass.
+    pub checkpoints_on_disk: usize,
 }
 
 /// The time the active file was written: when the checkpoint was activated, across restarts.

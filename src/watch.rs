@@ -519,3 +519,91 @@ impl Events {
         });
     }
 }
+
+/// Watches the DaemonSet that owns the agent's own pod. Its deletion means the agent is being
+/// uninstalled: the ServiceAccount and RBAC go with it, so this is the last moment the agent
+/// knows it should clean the node. The watch is opened while the permissions still hold, and a
+/// watch already open keeps delivering.
+pub struct OwnerWatch {
+    deleted: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl OwnerWatch {
+    /// Finds the owner of `pod_name` (retrying while the API is away) and watches it. A pod with
+    /// no DaemonSet owner (the static copy's mirror pod, a pod run by hand) never reports deletion.
+    pub fn spawn(client: Client, namespace: &str, pod_name: &str, trigger: Trigger) -> Self {
+        let deleted = Arc::new(AtomicBool::new(false));
+        let flag = deleted.clone();
+        let (namespace, pod_name) = (namespace.to_string(), pod_name.to_string());
+        let task = tokio::spawn(async move {
+            let Some(owner) = daemonset_owner(&client, &namespace, &pod_name).await else {
+                return;
+            };
+            let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+                Api::namespaced(client, &namespace);
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={owner}"));
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, cfg).default_backoff());
+            let mut seen = false;
+            while let Some(event) = events.next().await {
+                let gone = match event {
+                    Ok(Event::Init) => {
+                        seen = false;
+                        false
+                    }
+                    Ok(Event::InitApply(ds) | Event::Apply(ds)) => {
+                        seen = true;
+                        ds.metadata.deletion_timestamp.is_some()
+                    }
+                    Ok(Event::InitDone) => !seen,
+                    Ok(Event::Delete(_)) => true,
+                    Err(e) => {
+                        tracing::debug!(daemonset = %owner, error = %e, "owner watch failing");
+                        false
+                    }
+                };
+                if gone && !flag.swap(true, Ordering::Relaxed) {
+                    tracing::info!(daemonset = %owner, action = "uninstall", "the agent's DaemonSet is being deleted: removing every checkpoint on this node, then its own");
+                    trigger.notify_one();
+                }
+            }
+        });
+        Self { deleted, task }
+    }
+
+    /// True once the owner DaemonSet is being deleted or is gone.
+    pub fn deleted(&self) -> bool {
+        self.deleted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OwnerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The name of the DaemonSet that owns the pod, asking until the API answers.
+async fn daemonset_owner(client: &Client, namespace: &str, pod_name: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match pods.get_opt(pod_name).await {
+            Ok(Some(pod)) => {
+                return pod
+                    .metadata
+                    .owner_references
+                    .into_iter()
+                    .flatten()
+                    .find(|o| o.kind == "DaemonSet")
+                    .map(|o| o.name);
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the agent's own pod yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

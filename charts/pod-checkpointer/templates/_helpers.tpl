@@ -109,3 +109,11 @@ agent uses it.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{- define "pod-checkpointer.selfRules" -}}
+# Its own DaemonSet, in the release namespace only: a watch (field selector metadata.name) that
+# tells the agent it is being uninstalled, so it cleans the node before its credentials go.
+- apiGroups: ["apps"]
+  resources: ["daemonsets"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
