@@ -110,9 +110,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tokens: Tokens::default(),
             events: Events::new(client.clone(), &node_name),
             uninstall: match (&args.pod_namespace, &args.pod_name) {
-                (Some(ns), Some(name)) if me.is_some() => {
-                    Some(OwnerWatch::spawn(client.clone(), ns, name, trigger.clone()))
-                }
+                (Some(ns), Some(name)) if me.is_some() => Some(OwnerWatch::spawn(
+                    client.clone(),
+                    ns,
+                    name,
+                    store.layout().state_dir.join(OWNER_FILE),
+                    trigger.clone(),
+                )),
                 _ => None,
             },
             client,
@@ -228,6 +232,9 @@ fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
     }
     Ok(NodeSources { cri, kubelet })
 }
+
+/// Where the DaemonSet pod records the name of its DaemonSet, for its static copy.
+pub const OWNER_FILE: &str = "daemonset-name";
 
 /// Where the agent remembers the in-cluster API address it was given.
 const API_ADDRESS_FILE: &str = "api-server-url";

@@ -49,6 +49,9 @@ pub struct Inputs<'a> {
     /// The agent's own DaemonSet is being deleted: it is being uninstalled from the node, and
     /// must leave nothing behind while it still can.
     pub uninstalling: bool,
+    /// A newer pod of the agent's own DaemonSet is listed on this node (a rolling update): when
+    /// the agent is gone from the API, only its own checkpoint goes.
+    pub replaced: bool,
 }
 
 /// One step for the shell to carry out. Actions are listed in the order they must run.
@@ -134,6 +137,13 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     let self_due = inp
         .me
         .is_some_and(|me| matches!(removal(inp, me, &mut out), Removal::Due) || inp.uninstalling);
+    // Replaced by a newer agent pod: only its own checkpoint goes; the successor keeps the rest.
+    if self_due && inp.replaced && !inp.uninstalling {
+        if let Some(me) = inp.me.filter(|me| inp.disk.contains_key(*me)) {
+            remove_self(me, inp, &mut out);
+        }
+        return out;
+    }
     // The agent itself is gone from the API: every checkpoint goes, its own last.
     if self_due {
         let mut others_left = false;
@@ -314,6 +324,7 @@ mod tests {
         disk: BTreeMap<PodKey, OnDiskState>,
         deadlines: BTreeMap<PodKey, Timestamp>,
         uninstalling: bool,
+        replaced: bool,
     }
 
     impl World {
@@ -328,6 +339,7 @@ mod tests {
                 disk: BTreeMap::new(),
                 deadlines: BTreeMap::new(),
                 uninstalling: false,
+                replaced: false,
             }
         }
         fn api_up(mut self) -> Self {
@@ -396,6 +408,7 @@ mod tests {
                 disk: &self.disk,
                 deadlines: &self.deadlines,
                 uninstalling: self.uninstalling,
+                replaced: self.replaced,
             })
         }
         fn actions(&self) -> Vec<Action> {
@@ -630,6 +643,27 @@ mod tests {
             alone.actions(),
             vec![remove(&me), deactivate(&me, DeactivateReason::Removal)],
             "then itself, even with the API gone"
+        );
+    }
+
+    #[test]
+    fn replaced_agent_removes_only_its_own_checkpoint() {
+        let me = key("pod-checkpointer-old");
+        let a = key("apiserver");
+        let mut w = World::new()
+            .me(&me)
+            .api_up()
+            .listed(&a, true)
+            .inactive(&me)
+            .active(&me)
+            .inactive(&a)
+            .active(&a)
+            .deadline(&me, t(-1));
+        w.replaced = true;
+        assert_eq!(
+            w.actions(),
+            vec![remove(&me), deactivate(&me, DeactivateReason::Removal)],
+            "the successor keeps the others"
         );
     }
 

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, ResourceExt};
 
+use crate::agent::OWNER_FILE;
 use crate::cri::CriClient;
 use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
 use crate::metrics::Metrics;
@@ -17,7 +18,10 @@ use crate::model::{Observation, PodKey};
 use crate::poller::SharedNodeView;
 use crate::sanitize::{self, Checkpoint, Objects, Refusal, Warning};
 use crate::store::{DiskView, Store};
-use crate::watch::{Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens};
+use crate::watch::{
+    Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens,
+    owned_by_daemonset, remembered_owner,
+};
 
 /// What the reconciler needs to know about its place in the cluster.
 #[derive(Clone, Debug)]
@@ -219,6 +223,7 @@ impl Reconciler {
             disk: &on_disk,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
+            replaced: api_pods.is_some() && self.replaced(&parents),
         });
 
         let deadlines_before = self.deadlines.clone();
@@ -262,6 +267,21 @@ impl Reconciler {
             acted,
             checkpoints_on_disk,
         }
+    }
+
+    /// Whether a newer pod of the agent's own DaemonSet is listed on this node: the agent was
+    /// replaced (a rolling update), not removed, so only its own checkpoint should go.
+    fn replaced(&self, parents: &[Arc<Pod>]) -> bool {
+        let Some(me) = &self.settings.me else {
+            return false;
+        };
+        let Some(owner) = remembered_owner(&self.store.layout().state_dir.join(OWNER_FILE)) else {
+            return false;
+        };
+        parents.iter().any(|p| {
+            let key = key_of(p);
+            key != *me && key.namespace == me.namespace && owned_by_daemonset(p, &owner)
+        })
     }
 
     fn manages(&self, key: &PodKey) -> bool {
@@ -313,8 +333,9 @@ impl Reconciler {
                 });
             }
             if !refs.tokens.is_empty() {
+                let bind = Some(&key_of(parent)) != self.settings.me.as_ref();
                 api.tokens
-                    .refresh(&api.client, parent, &refs.tokens, &self.metrics)
+                    .refresh(&api.client, parent, &refs.tokens, bind, &self.metrics)
                     .await;
             }
             keys.insert(key_of(parent));

@@ -389,11 +389,16 @@ pub struct Tokens {
 impl Tokens {
     /// Requests the tokens `pod` needs that are missing or due for refresh. Failures keep the
     /// old token (it is still valid for a while) and are reported.
+    ///
+    /// `bind` ties each token to the pod, so it dies with it. The agent's own checkpoint is not
+    /// bound: its static copy must still reach the API server after the DaemonSet pod is gone,
+    /// to learn that it was replaced or removed (the token still dies with the ServiceAccount).
     pub async fn refresh(
         &mut self,
         client: &Client,
         pod: &Pod,
         specs: &BTreeSet<TokenSpec>,
+        bind: bool,
         metrics: &Metrics,
     ) {
         let key = PodKey::new(pod.namespace().unwrap_or_default(), pod.name_any());
@@ -410,7 +415,7 @@ impl Tokens {
             if self.cache.get(&ck).is_some_and(|t| t.refresh_at > now) {
                 continue;
             }
-            match request_token(client, pod, &sa, spec).await {
+            match request_token(client, pod, &sa, spec, bind).await {
                 Ok((token, lifetime)) => {
                     let refresh_at = now
                         .checked_add(lifetime.mul_f64(0.8))
@@ -455,6 +460,7 @@ async fn request_token(
     pod: &Pod,
     sa: &str,
     spec: &TokenSpec,
+    bind: bool,
 ) -> Result<(String, Duration), kube::Error> {
     let ns = pod.namespace().unwrap_or_default();
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
@@ -462,7 +468,7 @@ async fn request_token(
         spec: Some(TokenRequestSpec {
             audiences: spec.audience.as_ref().map(|a| vec![a.clone()]),
             expiration_seconds: Some(spec.expiration_seconds),
-            bound_object_ref: Some(BoundObjectReference {
+            bound_object_ref: bind.then(|| BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: Some(pod.name_any()),
@@ -532,7 +538,15 @@ pub struct OwnerWatch {
 impl OwnerWatch {
     /// Finds the owner of `pod_name` (retrying while the API is away) and watches it. A pod with
     /// no DaemonSet owner (the static copy's mirror pod, a pod run by hand) never reports deletion.
-    pub fn spawn(client: Client, namespace: &str, pod_name: &str, trigger: Trigger) -> Self {
+    /// The owner's name is remembered in `owner_file`, so the static copy can recognise a
+    /// newer pod of the same DaemonSet (see [`remembered_owner`]).
+    pub fn spawn(
+        client: Client,
+        namespace: &str,
+        pod_name: &str,
+        owner_file: std::path::PathBuf,
+        trigger: Trigger,
+    ) -> Self {
         let deleted = Arc::new(AtomicBool::new(false));
         let flag = deleted.clone();
         let (namespace, pod_name) = (namespace.to_string(), pod_name.to_string());
@@ -540,6 +554,11 @@ impl OwnerWatch {
             let Some(owner) = daemonset_owner(&client, &namespace, &pod_name).await else {
                 return;
             };
+            if remembered_owner(&owner_file).as_deref() != Some(owner.as_str())
+                && let Err(e) = std::fs::write(&owner_file, &owner)
+            {
+                tracing::warn!(error = %e, path = %owner_file.display(), "could not remember the agent's DaemonSet");
+            }
             let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
                 Api::namespaced(client, &namespace);
             let cfg = watcher::Config::default().fields(&format!("metadata.name={owner}"));
@@ -581,6 +600,23 @@ impl Drop for OwnerWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The DaemonSet the agent's pods belong to, as the DaemonSet pod recorded it.
+pub fn remembered_owner(owner_file: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(owner_file)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether `pod` belongs to the DaemonSet named `owner`.
+pub fn owned_by_daemonset(pod: &Pod, owner: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.name == owner)
 }
 
 /// The name of the DaemonSet that owns the pod, asking until the API answers.
