@@ -78,14 +78,17 @@ pub fn references(pod: &Pod) -> References {
     let Some(spec) = pod.spec.as_ref() else {
         return refs;
     };
-    let mut secret = |name: &str| {
+    let add = |set: &mut BTreeSet<String>, name: &str| {
         if !name.is_empty() {
-            refs.secrets.insert(name.to_owned());
+            set.insert(name.to_owned());
         }
     };
     for volume in spec.volumes.iter().flatten() {
         if let Some(s) = &volume.secret {
-            secret(s.secret_name.as_deref().unwrap_or(""));
+            add(&mut refs.secrets, s.secret_name.as_deref().unwrap_or(""));
+        }
+        if let Some(c) = &volume.config_map {
+            add(&mut refs.config_maps, &c.name);
         }
         for source in volume
             .projected
@@ -93,74 +96,40 @@ pub fn references(pod: &Pod) -> References {
             .flat_map(|p| p.sources.iter().flatten())
         {
             if let Some(s) = &source.secret {
-                secret(&s.name);
+                add(&mut refs.secrets, &s.name);
             }
-        }
-    }
-    for container in containers(spec) {
-        for var in container.env.iter().flatten() {
-            if let Some(r) = var
-                .value_from
-                .as_ref()
-                .and_then(|f| f.secret_key_ref.as_ref())
-            {
-                secret(&r.name);
-            }
-        }
-        for source in container.env_from.iter().flatten() {
-            if let Some(r) = &source.secret_ref {
-                secret(&r.name);
-            }
-        }
-    }
-
-    let mut config_map = |name: &str| {
-        if !name.is_empty() {
-            refs.config_maps.insert(name.to_owned());
-        }
-    };
-    for volume in spec.volumes.iter().flatten() {
-        if let Some(c) = &volume.config_map {
-            config_map(&c.name);
-        }
-        for source in volume
-            .projected
-            .iter()
-            .flat_map(|p| p.sources.iter().flatten())
-        {
             if let Some(c) = &source.config_map {
-                config_map(&c.name);
+                add(&mut refs.config_maps, &c.name);
             }
-        }
-    }
-    for container in containers(spec) {
-        for var in container.env.iter().flatten() {
-            if let Some(r) = var
-                .value_from
-                .as_ref()
-                .and_then(|f| f.config_map_key_ref.as_ref())
-            {
-                config_map(&r.name);
-            }
-        }
-        for source in container.env_from.iter().flatten() {
-            if let Some(r) = &source.config_map_ref {
-                config_map(&r.name);
-            }
-        }
-    }
-
-    for volume in spec.volumes.iter().flatten() {
-        for source in volume
-            .projected
-            .iter()
-            .flat_map(|p| p.sources.iter().flatten())
-        {
             if let Some(token) = &source.service_account_token {
                 refs.tokens.insert(TokenSpec::of(token));
             }
         }
     }
+    for container in containers(spec) {
+        for from in container
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|v| v.value_from.as_ref())
+        {
+            if let Some(r) = &from.secret_key_ref {
+                add(&mut refs.secrets, &r.name);
+            }
+            if let Some(r) = &from.config_map_key_ref {
+                add(&mut refs.config_maps, &r.name);
+            }
+        }
+        for source in container.env_from.iter().flatten() {
+            if let Some(r) = &source.secret_ref {
+                add(&mut refs.secrets, &r.name);
+            }
+            if let Some(r) = &source.config_map_ref {
+                add(&mut refs.config_maps, &r.name);
+            }
+        }
+    }
+
     refs.service_account = spec
         .service_account_name
         .as_deref()
