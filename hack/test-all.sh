@@ -30,6 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The chart checks read YAML in Python.
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+
 step "Kubernetes tools (cached after the first build)"
 NODE_BIN=$(bash tests/node/build-tools.sh)
 export HELM=$NODE_BIN/helm PROMTOOL
