@@ -59,6 +59,41 @@ fn watcher_reason(err: &watcher::Error) -> &'static str {
     }
 }
 
+/// How the pod watches retry a lost API server: doubling from 500 ms up to 5 s, so the agent
+/// sees the API back within seconds of an outage (kube's default waits up to 30 s), at the cost
+/// of one LIST per namespace every 5 s while it is gone.
+#[derive(Clone, Copy, Debug)]
+pub struct ReconnectBackoff {
+    next: Duration,
+}
+
+impl ReconnectBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for ReconnectBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// The reflector stores of the pods bound to this node, one per watched namespace (or one for
 /// all namespaces), and whether each watch is connected and synced.
 pub struct PodWatch {
@@ -90,7 +125,7 @@ impl PodWatch {
             let (reader, writer) = reflector::store();
             let up = Arc::new(AtomicBool::new(false));
             let events = kube::runtime::watcher(api, cfg.clone())
-                .default_backoff()
+                .backoff(ReconnectBackoff::default())
                 .reflect(writer);
             tasks.push(tokio::spawn(follow_pods(
                 events,
@@ -347,6 +382,21 @@ impl Drop for ObjectWatches {
         for t in self.tasks.values() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn reconnect_backoff_doubles_to_a_cap_and_resets() {
+        let mut b = ReconnectBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }
 
