@@ -68,6 +68,39 @@ async fn create_objects(ns: &TestNamespace, password: &str) {
         .expect("create configmap");
 }
 
+/// What every scenario starts from: its own namespace holding the Secret `creds` and the
+/// ConfigMap `settings`, a host directory its parents write to, and an agent watching it.
+struct Scene {
+    ns: TestNamespace,
+    out: tempfile::TempDir,
+    agent: Agent,
+}
+
+impl Scene {
+    async fn start(node: &Node, prefix: &str, password: &str, grace: &str) -> Self {
+        let ns = TestNamespace::create(node, prefix).await;
+        create_objects(&ns, password).await;
+        let out = tempfile::tempdir_in("/tmp").expect("out dir");
+        let agent = Agent::start(
+            node,
+            AgentOptions {
+                namespaces: &[&ns.name],
+                grace,
+                ..Default::default()
+            },
+        );
+        Self { ns, out, agent }
+    }
+}
+
+/// Creates a [`reading_parent`] in the scenario's namespace.
+async fn create_parent(ns: &TestNamespace, node: &Node, name: &str, out: &std::path::Path) {
+    ns.pods()
+        .create(&PostParams::default(), &reading_parent(node, name, out))
+        .await
+        .expect("create parent");
+}
+
 /// `promtool check metrics` on a live scrape: names, types and help follow Prometheus rules.
 fn promtool_check_metrics(text: &str) {
     use std::io::Write;
@@ -102,23 +135,9 @@ fn read(path: &std::path::Path) -> Option<String> {
 #[tokio::test]
 async fn annotated_pod_gets_an_inactive_checkpoint_with_its_files() {
     let node = Node::from_env();
-    let ns = TestNamespace::create(&node, "e2e-write").await;
-    create_objects(&ns, "s3cret").await;
-    let out = tempfile::tempdir_in("/tmp").expect("out dir");
-    let mut agent = Agent::start(
-        &node,
-        AgentOptions {
-            namespaces: &[&ns.name],
-            ..Default::default()
-        },
-    );
+    let Scene { ns, out, mut agent } = Scene::start(&node, "e2e-write", "s3cret", "3s").await;
     let pods = ns.pods();
-    pods.create(
-        &PostParams::default(),
-        &reading_parent(&node, "parent", out.path()),
-    )
-    .await
-    .expect("create parent");
+    create_parent(&ns, &node, "parent", out.path()).await;
     pods.create(
         &PostParams::default(),
         &busybox_pod(&node, "plain", false, "sleep 3600", serde_json::json!({})),
@@ -219,23 +238,8 @@ async fn annotated_pod_gets_an_inactive_checkpoint_with_its_files() {
 #[tokio::test]
 async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
     let node = Node::from_env();
-    let ns = TestNamespace::create(&node, "e2e-reboot").await;
-    create_objects(&ns, "s3cret").await;
-    let out = tempfile::tempdir_in("/tmp").expect("out dir");
-    let agent = Agent::start(
-        &node,
-        AgentOptions {
-            namespaces: &[&ns.name],
-            ..Default::default()
-        },
-    );
-    let pods = ns.pods();
-    pods.create(
-        &PostParams::default(),
-        &reading_parent(&node, "parent", out.path()),
-    )
-    .await
-    .expect("create parent");
+    let Scene { ns, out, agent } = Scene::start(&node, "e2e-reboot", "s3cret", "3s").await;
+    create_parent(&ns, &node, "parent", out.path()).await;
     let key = ns.key("parent");
     let copy = key.static_pod_key(&node.name);
     let seen = wait_for("parent reads its files", LONG, || async {
@@ -316,25 +320,10 @@ async fn reboot_with_api_down_runs_the_checkpoint_until_the_parent_returns() {
 #[tokio::test]
 async fn deleted_parent_is_removed_after_grace_but_never_during_an_outage() {
     let node = Node::from_env();
-    let ns = TestNamespace::create(&node, "e2e-remove").await;
-    create_objects(&ns, "s3cret").await;
-    let out = tempfile::tempdir_in("/tmp").expect("out dir");
-    let agent = Agent::start(
-        &node,
-        AgentOptions {
-            namespaces: &[&ns.name],
-            grace: "4s",
-            ..Default::default()
-        },
-    );
+    let Scene { ns, out, agent } = Scene::start(&node, "e2e-remove", "s3cret", "4s").await;
     let pods = ns.pods();
     for name in ["gone", "outage"] {
-        pods.create(
-            &PostParams::default(),
-            &reading_parent(&node, name, out.path()),
-        )
-        .await
-        .expect("create parent");
+        create_parent(&ns, &node, name, out.path()).await;
     }
     let (gone, outage) = (ns.key("gone"), ns.key("outage"));
     for key in [&gone, &outage] {
@@ -395,23 +384,8 @@ async fn deleted_parent_is_removed_after_grace_but_never_during_an_outage() {
 #[tokio::test]
 async fn changed_secret_is_rewritten_within_seconds() {
     let node = Node::from_env();
-    let ns = TestNamespace::create(&node, "e2e-secret").await;
-    create_objects(&ns, "first").await;
-    let out = tempfile::tempdir_in("/tmp").expect("out dir");
-    let agent = Agent::start(
-        &node,
-        AgentOptions {
-            namespaces: &[&ns.name],
-            ..Default::default()
-        },
-    );
-    ns.pods()
-        .create(
-            &PostParams::default(),
-            &reading_parent(&node, "parent", out.path()),
-        )
-        .await
-        .expect("create parent");
+    let Scene { ns, out, agent } = Scene::start(&node, "e2e-secret", "first", "3s").await;
+    create_parent(&ns, &node, "parent", out.path()).await;
     let key = ns.key("parent");
     let file = wait_for("secret file", LONG, || async {
         std::fs::read_dir(agent.secret_dir(&key))
@@ -440,23 +414,8 @@ async fn changed_secret_is_rewritten_within_seconds() {
 #[tokio::test]
 async fn runtime_gone_activates_nothing() {
     let node = Node::from_env();
-    let ns = TestNamespace::create(&node, "e2e-nocri").await;
-    create_objects(&ns, "s3cret").await;
-    let out = tempfile::tempdir_in("/tmp").expect("out dir");
-    let agent = Agent::start(
-        &node,
-        AgentOptions {
-            namespaces: &[&ns.name],
-            ..Default::default()
-        },
-    );
-    ns.pods()
-        .create(
-            &PostParams::default(),
-            &reading_parent(&node, "parent", out.path()),
-        )
-        .await
-        .expect("create parent");
+    let Scene { ns, out, agent } = Scene::start(&node, "e2e-nocri", "s3cret", "3s").await;
+    create_parent(&ns, &node, "parent", out.path()).await;
     let key = ns.key("parent");
     wait_for("inactive checkpoint", LONG, || async {
         read(&agent.inactive_manifest(&key))
