@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::model::PodKey;
 use crate::poller::{self, NodeSources, NodeView};
 use crate::reconciler::{ApiSide, Reconciler, Settings};
-use crate::store::Store;
+use crate::store::{StateFile, Store};
 use crate::watch::{Events, ObjectWatches, OwnerWatch, PodWatch, Tokens, Trigger};
 
 /// Local state is looked at this often even when nothing changes (repairs, deadlines).
@@ -97,7 +97,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let api = match kube_client(&args, &store.layout().state_dir).await {
+    let api = match kube_client(&args, &store).await {
         Ok(client) => Some(ApiSide {
             pods: PodWatch::spawn(
                 &client,
@@ -110,13 +110,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tokens: Tokens::default(),
             events: Events::new(client.clone(), &node_name),
             uninstall: match (&args.pod_namespace, &args.pod_name) {
-                (Some(ns), Some(name)) if me.is_some() => Some(OwnerWatch::spawn(
-                    client.clone(),
-                    ns,
-                    name,
-                    store.layout().state_dir.join(OWNER_FILE),
-                    trigger.clone(),
-                )),
+                (Some(ns), Some(name)) if me.is_some() => {
+                    Some(OwnerWatch::spawn(client.clone(), ns, name, trigger.clone()))
+                }
                 _ => None,
             },
             client,
@@ -233,12 +229,6 @@ fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
     Ok(NodeSources { cri, kubelet })
 }
 
-/// Where the DaemonSet pod records the name of its DaemonSet, for its static copy.
-pub const OWNER_FILE: &str = "daemonset-name";
-
-/// Where the agent remembers the in-cluster API address it was given.
-const API_ADDRESS_FILE: &str = "api-server-url";
-
 /// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
 /// server here, so a dead API server does not stop the agent from starting.
 ///
@@ -246,11 +236,7 @@ const API_ADDRESS_FILE: &str = "api-server-url";
 /// the static copy of the agent started after a reboot with the API server down has none. The
 /// DaemonSet pod therefore records the address it was given in the state directory, and a copy
 /// started without one uses that.
-async fn kube_client(
-    args: &AgentArgs,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<kube::Client> {
-    let remembered = state_dir.join(API_ADDRESS_FILE);
+async fn kube_client(args: &AgentArgs, store: &Store) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -259,32 +245,33 @@ async fn kube_client(
                 .await
                 .context("loading kubeconfig")?
         }
-        None => {
-            match kube::Config::incluster_env() {
-                Ok(config) => {
-                    let url = config.cluster_url.to_string();
-                    if std::fs::read_to_string(&remembered).ok().as_deref() != Some(url.as_str())
-                        && let Err(e) = std::fs::write(&remembered, &url)
-                    {
-                        tracing::warn!(error = %e, path = %remembered.display(), "could not remember the API server address");
-                    }
-                    config
+        None => match kube::Config::incluster_env() {
+            Ok(config) => {
+                let url = config.cluster_url.to_string();
+                if let Err(e) = store.write_state(StateFile::ApiAddress, &url) {
+                    tracing::warn!(error = %e, "could not remember the API server address");
                 }
-                Err(env_err) => {
-                    let url = std::fs::read_to_string(&remembered).with_context(|| {
-                    format!("in-cluster configuration: {env_err}; and no remembered API address in {}", remembered.display())
-                })?;
-                    let mut config =
-                        kube::Config::incluster_dns().context("in-cluster configuration")?;
-                    config.cluster_url = url
-                        .trim()
-                        .parse()
-                        .context("remembered API server address")?;
-                    tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
-                    config
-                }
+                config
             }
-        }
+            Err(env_err) => {
+                let url = store
+                    .read_state(StateFile::ApiAddress)
+                    .context("reading the remembered API address")?
+                    .with_context(|| {
+                        format!(
+                            "in-cluster configuration: {env_err}; and no remembered API address"
+                        )
+                    })?;
+                let mut config =
+                    kube::Config::incluster_dns().context("in-cluster configuration")?;
+                config.cluster_url = url
+                    .trim()
+                    .parse()
+                    .context("remembered API server address")?;
+                tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
+                config
+            }
+        },
     };
     kube::Client::try_from(config).context("building the API client")
 }

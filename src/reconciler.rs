@@ -10,17 +10,15 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, ResourceExt};
 
-use crate::agent::OWNER_FILE;
 use crate::cri::CriClient;
 use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
 use crate::metrics::Metrics;
 use crate::model::{Observation, PodKey};
 use crate::poller::SharedNodeView;
 use crate::sanitize::{self, Checkpoint, Objects, Refusal, Warning};
-use crate::store::{DiskView, Store};
+use crate::store::{DiskView, StateFile, Store};
 use crate::watch::{
-    Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens,
-    owned_by_daemonset, remembered_owner,
+    Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens, owned_by_daemonset,
 };
 
 /// What the reconciler needs to know about its place in the cluster.
@@ -118,6 +116,7 @@ impl Reconciler {
     /// One reconcile pass.
     pub async fn reconcile(&mut self) -> Pass {
         let started = Instant::now();
+        self.remember_owner();
         let mut node = self.node.lock().map(|v| v.clone()).unwrap_or_default();
         if let Some(cri) = &self.runtime {
             node.running = match cri.running().await {
@@ -269,13 +268,36 @@ impl Reconciler {
         }
     }
 
+    /// Records the agent's DaemonSet for its static copy, once the API has named it.
+    fn remember_owner(&self) {
+        let Some(owner) = self
+            .api
+            .as_ref()
+            .and_then(|a| a.uninstall.as_ref())
+            .and_then(|u| u.owner())
+        else {
+            return;
+        };
+        if self
+            .store
+            .read_state(StateFile::Owner)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(&owner)
+            && let Err(e) = self.store.write_state(StateFile::Owner, &owner)
+        {
+            tracing::warn!(error = %e, "could not remember the agent's DaemonSet");
+        }
+    }
+
     /// Whether a newer pod of the agent's own DaemonSet is listed on this node: the agent was
     /// replaced (a rolling update), not removed, so only its own checkpoint should go.
     fn replaced(&self, parents: &[Arc<Pod>]) -> bool {
         let Some(me) = &self.settings.me else {
             return false;
         };
-        let Some(owner) = remembered_owner(&self.store.layout().state_dir.join(OWNER_FILE)) else {
+        let Some(owner) = self.store.read_state(StateFile::Owner).ok().flatten() else {
             return false;
         };
         parents.iter().any(|p| {

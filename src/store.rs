@@ -337,6 +337,25 @@ mod fault {
     }
 }
 
+/// Small facts the DaemonSet pod remembers for its static copy, which may start after a reboot
+/// with no API server to ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile {
+    /// The name of the agent's own DaemonSet: tells a rolling update from a removal.
+    Owner,
+    /// The in-cluster API address: a copy started before the kubelet knows Services has none.
+    ApiAddress,
+}
+
+impl StateFile {
+    fn file_name(self) -> &'static str {
+        match self {
+            StateFile::Owner => "daemonset-name",
+            StateFile::ApiAddress => "api-server-url",
+        }
+    }
+}
+
 /// Makes temporary names unique within the process; the PID makes them unique across processes.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -564,6 +583,30 @@ impl Store {
             .doing("creating state directory", &self.layout.state_dir)?;
         self.put_file(&FileSpec::manifest(&path, &bytes))
             .doing("writing grace deadlines", &path)?;
+        Ok(())
+    }
+
+    /// Reads a remembered fact (see [`StateFile`]); `None` when it was never written.
+    pub fn read_state(&self, which: StateFile) -> Result<Option<String>, StoreError> {
+        let path = self.layout.state_dir.join(which.file_name());
+        match read_capped(&path) {
+            Ok(bytes) => {
+                Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string())
+                    .filter(|s| !s.is_empty()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).doing("reading agent state", &path),
+        }
+    }
+
+    /// Remembers a fact atomically (0600) in the state directory; unchanged values are not
+    /// rewritten.
+    pub fn write_state(&self, which: StateFile, value: &str) -> Result<(), StoreError> {
+        let path = self.layout.state_dir.join(which.file_name());
+        ensure_base_dir(&self.layout.state_dir, PRIVATE_DIR_MODE, true)
+            .doing("creating state directory", &self.layout.state_dir)?;
+        self.put_file(&FileSpec::manifest(&path, value.as_bytes()))
+            .doing("writing agent state", &path)?;
         Ok(())
     }
 

@@ -582,33 +582,29 @@ impl Events {
 /// watch already open keeps delivering.
 pub struct OwnerWatch {
     deleted: Arc<AtomicBool>,
+    owner: Arc<std::sync::Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
 impl OwnerWatch {
     /// Finds the owner of `pod_name` (retrying while the API is away) and watches it. A pod with
     /// no DaemonSet owner (the static copy's mirror pod, a pod run by hand) never reports deletion.
-    /// The owner's name is remembered in `owner_file`, so the static copy can recognise a
-    /// newer pod of the same DaemonSet (see [`remembered_owner`]).
-    pub fn spawn(
-        client: Client,
-        namespace: &str,
-        pod_name: &str,
-        owner_file: std::path::PathBuf,
-        trigger: Trigger,
-    ) -> Self {
+    /// The owner's name, once found, is offered through [`OwnerWatch::owner`] for the store to
+    /// remember, so the static copy can recognise a newer pod of the same DaemonSet.
+    pub fn spawn(client: Client, namespace: &str, pod_name: &str, trigger: Trigger) -> Self {
         let deleted = Arc::new(AtomicBool::new(false));
         let flag = deleted.clone();
+        let found = Arc::new(std::sync::Mutex::new(None));
+        let found_by_task = found.clone();
         let (namespace, pod_name) = (namespace.to_string(), pod_name.to_string());
         let task = tokio::spawn(async move {
             let Some(owner) = daemonset_owner(&client, &namespace, &pod_name).await else {
                 return;
             };
-            if remembered_owner(&owner_file).as_deref() != Some(owner.as_str())
-                && let Err(e) = std::fs::write(&owner_file, &owner)
-            {
-                tracing::warn!(error = %e, path = %owner_file.display(), "could not remember the agent's DaemonSet");
+            if let Ok(mut slot) = found_by_task.lock() {
+                *slot = Some(owner.clone());
             }
+            trigger.notify_one();
             let api: Api<k8s_openapi::api::apps::v1::DaemonSet> =
                 Api::namespaced(client, &namespace);
             let cfg = watcher::Config::default().fields(&format!("metadata.name={owner}"));
@@ -637,7 +633,16 @@ impl OwnerWatch {
                 }
             }
         });
-        Self { deleted, task }
+        Self {
+            deleted,
+            owner: found,
+            task,
+        }
+    }
+
+    /// The name of the DaemonSet that owns the agent's pod, once the API has said it.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().ok().and_then(|o| o.clone())
     }
 
     /// True once the owner DaemonSet is being deleted or is gone.
@@ -650,14 +655,6 @@ impl Drop for OwnerWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// The DaemonSet the agent's pods belong to, as the DaemonSet pod recorded it.
-pub fn remembered_owner(owner_file: &std::path::Path) -> Option<String> {
-    std::fs::read_to_string(owner_file)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 /// Whether `pod` belongs to the DaemonSet named `owner`.

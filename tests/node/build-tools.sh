@@ -11,7 +11,7 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.34.0}
 CACHE=${POD_CHECKPOINTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pod-checkpointer}
-BIN="$CACHE/bin/k8s-$K8S_VERSION-helm-$HELM_VERSION-crictl-$CRICTL_VERSION"
+BIN="$CACHE/bin/k8s-$K8S_VERSION-static-helm-$HELM_VERSION-crictl-$CRICTL_VERSION"
 log() { printf '[build-tools %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 mkdir -p "$BIN"
@@ -50,7 +50,11 @@ GO
   (cd "$work" && go mod tidy >&2)
   for cmd in "$@"; do
     log "building $cmd $K8S_VERSION (cold: several minutes each on 2 cores)"
-    (cd "$work" && go build -trimpath -ldflags "-s -w \
+    # Static like upstream's release builds (the self-hosted harness runs kube-apiserver from an
+    # image with nothing but the binary); the kubelet stays dynamic, as upstream ships it.
+    local cgo=0
+    [ "$cmd" = kubelet ] && cgo=1
+    (cd "$work" && CGO_ENABLED=$cgo go build -trimpath -ldflags "-s -w \
       -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
       -X k8s.io/component-base/version.gitMajor=1 \
       -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.} \

@@ -1,0 +1,12 @@
+//! The pure core of pod-checkpointer: every decision the agent makes, as plain functions of
+//! plain values. Nothing in this crate does I/O; its dependencies (k8s-openapi types, serde,
+//! jiff) cannot, and `clippy.toml` bans the standard library's filesystem, network and process
+//! APIs. The agent crate gathers the views, calls in here, and carries out the result.
+//!
+//! - [`model`]: the shared words (pod keys, observations, the on-disk layout);
+//! - [`sanitize`]: a parent pod to the checkpoint the kubelet can run (SPEC §3);
+//! - [`decide`]: views and time to actions (SPEC §4).
+
+pub mod decide;
+pub mod model;
+pub mod sanitize;
