@@ -170,35 +170,10 @@ impl Containerd {
         ] {
             fs::create_dir_all(root.join(d)).expect("create state dirs");
         }
-        let d = root.display();
-        let config = format!(
-            r#"version = 2
-root = "{d}/containerd/root"
-state = "{d}/containerd/state"
-
-[grpc]
-  address = "{d}/containerd/containerd.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/containerd/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  disable_apparmor = true
-  # no CAP_SYS_RESOURCE on these VMs: runc cannot set the sandbox's oom_score_adj -998
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/cni/net.d"
-"#
-        );
+        // The harness's containerd config (tests/node/containerd.toml.in), on this test's dirs.
+        let config = include_str!("node/containerd.toml.in")
+            .replace("@DIR@", &root.display().to_string())
+            .replace("@PAUSE_IMAGE@", PAUSE_IMAGE);
         fs::write(root.join("containerd/config.toml"), config).expect("write config");
         let mut me = Self {
             dir,
