@@ -9,16 +9,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
+use crate::admin::Health;
 use crate::config::AgentArgs;
-use crate::cri::CriClient;
-use crate::kubelet::{KubeletClient, KubeletConfig};
 use crate::lock::InstanceLock;
 use crate::metrics::Metrics;
-use crate::model::PodKey;
 use crate::poller::{self, NodeSources, NodeView};
 use crate::reconciler::{ApiSide, Reconciler, Settings};
-use crate::store::{StateFile, Store};
+use crate::store::Store;
 use crate::watch::{Events, ObjectWatches, OwnerWatch, PodWatch, Tokens, Trigger};
 
 /// Local state is looked at this often even when nothing changes (repairs, deadlines).
@@ -31,28 +28,22 @@ const DRAIN: Duration = Duration::from_secs(20);
 /// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration; an
 /// unreachable API server or runtime is a state to live with, not a reason to exit.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let node_name = args
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .context("--node-name (or NODE_NAME) is required")?;
+    let node_name = args.identity.node_name()?;
     let sources = node_sources(&args)?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let health = Health::new((args.poll_interval * 10).max(Duration::from_secs(30)));
+    let health = Health::new(args.timing.stall_after());
     let shutdown = CancellationToken::new();
     let trigger: Trigger = Arc::new(Notify::new());
 
-    let admin = tokio::spawn(admin::serve(
-        args.admin_addr,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let admin = tokio::spawn(
+        args.admin
+            .server(metrics.clone(), health.clone(), shutdown.clone()),
+    );
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     // Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock.
-    let lock_path = args.lock_path();
+    let lock_path = args.lock.path(&args.paths);
     let mut waiting_logged = false;
     let _lock = loop {
         match InstanceLock::try_acquire(&lock_path)
@@ -69,7 +60,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = term.recv() => return stop(shutdown, admin).await,
                     _ = int.recv() => return stop(shutdown, admin).await,
-                    _ = tokio::time::sleep(args.poll_interval) => {}
+                    _ = tokio::time::sleep(args.timing.poll_interval) => {}
                 }
             }
         }
@@ -88,33 +79,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
     }
 
-    let me = match (&args.pod_namespace, &args.pod_name) {
-        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
-            Some(PodKey::own_parent(ns, name, &node_name))
-        }
-        _ => {
-            tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
-            None
-        }
-    };
-    let api = match kube_client(&args, &store).await {
+    let me = args.identity.me(&node_name);
+    if me.is_none() {
+        tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
+    }
+    let api = match args.api.client(&store).await {
         Ok(client) => Some(ApiSide {
             pods: PodWatch::spawn(
                 &client,
                 &node_name,
-                &args.namespaces,
+                &args.identity.namespaces,
                 trigger.clone(),
                 metrics.clone(),
             ),
             objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
             tokens: Tokens::default(),
             events: Events::new(client.clone(), &node_name),
-            uninstall: match (&args.pod_namespace, &args.pod_name) {
-                (Some(ns), Some(name)) if me.is_some() => {
-                    Some(OwnerWatch::spawn(client.clone(), ns, name, trigger.clone()))
-                }
-                _ => None,
-            },
+            uninstall: args
+                .identity
+                .own_pod()
+                .map(|(ns, name)| OwnerWatch::spawn(client.clone(), ns, name, trigger.clone())),
             client,
         }),
         Err(e) => {
@@ -130,7 +114,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let runtime = sources.cri.clone();
     let poll = tokio::spawn(poller::run(
         sources,
-        args.poll_interval,
+        args.timing.poll_interval,
         node_view.clone(),
         trigger.clone(),
         metrics.clone(),
@@ -140,8 +124,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let settings = Settings {
         node_name,
         me,
-        grace: args.grace_period,
-        namespaces: args.namespaces.clone(),
+        grace: args.timing.grace_period,
+        namespaces: args.identity.namespaces.clone(),
     };
     let mut reconciler = Reconciler::new(settings, store, metrics, node_view, runtime, api);
     // Set by SIGTERM while uninstalling: finish cleaning the node, within the pod's grace period.
@@ -204,74 +188,10 @@ async fn stop(
 }
 
 fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
-    let cri = match args.cri_endpoint.trim() {
-        "" => None,
-        ep => Some(CriClient::new(ep, Duration::from_secs(2)).context("CRI endpoint")?),
-    };
-    let kubelet = match &args.kubelet_url {
-        None => None,
-        Some(url) => Some(
-            KubeletClient::new(&KubeletConfig {
-                url: url.clone(),
-                token_file: args.kubelet_token_file.clone(),
-                client_cert: args.kubelet_client_cert.clone(),
-                client_key: args.kubelet_client_key.clone(),
-                ca_file: args.kubelet_ca_file.clone(),
-                insecure_skip_tls_verify: args.kubelet_insecure_skip_tls_verify,
-                timeout: Duration::from_secs(2),
-            })
-            .context("kubelet client")?,
-        ),
-    };
+    let cri = args.cri.client()?;
+    let kubelet = args.kubelet.client()?;
     if cri.is_none() && kubelet.is_none() {
         bail!("set --cri-endpoint or --kubelet-url: the agent needs to know what runs on the node");
     }
     Ok(NodeSources { cri, kubelet })
-}
-
-/// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
-/// server here, so a dead API server does not stop the agent from starting.
-///
-/// The kubelet gives a container `KUBERNETES_SERVICE_HOST` only once it has listed Services, so
-/// the static copy of the agent started after a reboot with the API server down has none. The
-/// DaemonSet pod therefore records the address it was given in the state directory, and a copy
-/// started without one uses that.
-async fn kube_client(args: &AgentArgs, store: &Store) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .context("loading kubeconfig")?
-        }
-        None => match kube::Config::incluster_env() {
-            Ok(config) => {
-                let url = config.cluster_url.to_string();
-                if let Err(e) = store.write_state(StateFile::ApiAddress, &url) {
-                    tracing::warn!(error = %e, "could not remember the API server address");
-                }
-                config
-            }
-            Err(env_err) => {
-                let url = store
-                    .read_state(StateFile::ApiAddress)
-                    .context("reading the remembered API address")?
-                    .with_context(|| {
-                        format!(
-                            "in-cluster configuration: {env_err}; and no remembered API address"
-                        )
-                    })?;
-                let mut config =
-                    kube::Config::incluster_dns().context("in-cluster configuration")?;
-                config.cluster_url = url
-                    .trim()
-                    .parse()
-                    .context("remembered API server address")?;
-                tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
-                config
-            }
-        },
-    };
-    kube::Client::try_from(config).context("building the API client")
 }
