@@ -1,24 +1,26 @@
-//! Wiring of the node agent: flags to parts, the lock, the admin server, the watches, the node
-//! poller and the reconcile loop, and a clean stop on SIGTERM.
+//! Wiring of the node agent, in the order it comes up: wait for the node lock (standing by
+//! meanwhile), start the API side and the node side, drive reconcile passes, and stop cleanly on
+//! SIGTERM or SIGINT, draining first when the agent is being uninstalled.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
-use crate::config::AgentArgs;
+use crate::admin::Health;
+use crate::config::{AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, PathArgs};
 use crate::cri::CriClient;
-use crate::kubelet::{KubeletClient, KubeletConfig};
 use crate::lock::InstanceLock;
 use crate::metrics::Metrics;
-use crate::model::PodKey;
-use crate::poller::{self, NodeSources, NodeView};
-use crate::reconciler::{ApiSide, Reconciler, Settings};
-use crate::store::{StateFile, Store};
+use crate::poller::{self, NodeSources, NodeView, SharedNodeView};
+use crate::reconciler::{ApiSide, Pass, Reconciler, Settings};
+use crate::store::Store;
 use crate::watch::{Events, ObjectWatches, OwnerWatch, PodWatch, Tokens, Trigger};
 
 /// Local state is looked at this often even when nothing changes (repairs, deadlines).
@@ -27,57 +29,117 @@ const RESYNC: Duration = Duration::from_secs(10);
 const MAX_QUICK_PASSES: u32 = 5;
 /// How long a SIGTERM during uninstall waits for the node to be clean (the chart gives 30s).
 const DRAIN: Duration = Duration::from_secs(20);
+/// While draining, passes that did nothing are retried this soon: the node is being emptied.
+const DRAIN_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration; an
 /// unreachable API server or runtime is a state to live with, not a reason to exit.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let node_name = args
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .context("--node-name (or NODE_NAME) is required")?;
-    let sources = node_sources(&args)?;
+    let AgentArgs {
+        identity,
+        api,
+        cri,
+        kubelet,
+        timing,
+        admin,
+        log: _,
+        lock,
+        paths,
+    } = args;
+    let node_name = identity.node_name()?;
+    let sources = node_sources(&cri, &kubelet)?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let health = Health::new((args.poll_interval * 10).max(Duration::from_secs(30)));
-    let shutdown = CancellationToken::new();
-    let trigger: Trigger = Arc::new(Notify::new());
+    let health = Health::new(timing.stall_after());
+    let stop_requested = stop_signal()?;
+    let mut tasks = Tasks::start_admin(&admin, &metrics, &health);
 
-    let admin = tokio::spawn(admin::serve(
-        args.admin_addr,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-
-    // Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock.
-    let lock_path = args.lock_path();
-    let mut waiting_logged = false;
-    let _lock = loop {
-        match InstanceLock::try_acquire(&lock_path)
-            .with_context(|| format!("opening lock file {}", lock_path.display()))?
-        {
-            Some(lock) => break lock,
-            None => {
-                if !waiting_logged {
-                    tracing::info!(lock = %lock_path.display(), action = "standby", "another copy of the agent holds the node lock; standing by");
-                    waiting_logged = true;
-                }
-                health.beat();
-                health.set_ready();
-                tokio::select! {
-                    _ = term.recv() => return stop(shutdown, admin).await,
-                    _ = int.recv() => return stop(shutdown, admin).await,
-                    _ = tokio::time::sleep(args.poll_interval) => {}
-                }
-            }
-        }
+    let lock_path = lock.path(&paths);
+    let Some(_lock) =
+        wait_for_lock(&lock_path, timing.poll_interval, &health, &stop_requested).await?
+    else {
+        return tasks.stop().await;
     };
     metrics.lock_held.set(1);
     tracing::info!(lock = %lock_path.display(), node = %node_name, "holding the node lock");
 
-    let store = Store::new(args.paths.layout());
+    let store = open_store(&paths)?;
+    let me = identity.me(&node_name);
+    if me.is_none() {
+        tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
+    }
+    let trigger: Trigger = Arc::new(Notify::new());
+    let api = start_api_side(&api, &store, &identity, &node_name, &trigger, &metrics).await;
+    let node = start_node_side(
+        sources,
+        timing.poll_interval,
+        &trigger,
+        &metrics,
+        &mut tasks,
+    );
+
+    let settings = Settings {
+        node_name,
+        me,
+        grace: timing.grace_period,
+        namespaces: identity.namespaces,
+    };
+    let reconciler = Reconciler::new(settings, store, metrics, node.view, node.runtime, api);
+    let mut passes = Passes::new(reconciler, health, trigger);
+    passes.until(&stop_requested).await;
+    passes.drain().await;
+    tasks.stop().await
+}
+
+/// SIGTERM or SIGINT, noticed by one task for the agent's whole life. The lock wait and the
+/// reconcile loop both watch the token it cancels, so a signal stops either the same way.
+fn stop_signal() -> anyhow::Result<CancellationToken> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let requested = CancellationToken::new();
+    let cancel = requested.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        cancel.cancel();
+    });
+    Ok(requested)
+}
+
+/// Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock. The
+/// other stands by, alive and ready, so the kubelet neither restarts it nor holds a rollout.
+/// `None` when asked to stop before the lock came.
+async fn wait_for_lock(
+    path: &Path,
+    poll_interval: Duration,
+    health: &Health,
+    stop_requested: &CancellationToken,
+) -> anyhow::Result<Option<InstanceLock>> {
+    let mut waiting_logged = false;
+    loop {
+        if let Some(lock) = InstanceLock::try_acquire(path)
+            .with_context(|| format!("opening lock file {}", path.display()))?
+        {
+            return Ok(Some(lock));
+        }
+        if !waiting_logged {
+            tracing::info!(lock = %path.display(), action = "standby", "another copy of the agent holds the node lock; standing by");
+            waiting_logged = true;
+        }
+        health.beat();
+        health.set_ready();
+        tokio::select! {
+            _ = stop_requested.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(poll_interval) => {}
+        }
+    }
+}
+
+/// The checkpoint store, with what an interrupted write left behind cleaned up: done only
+/// under the lock, since the other copy may be writing until then.
+fn open_store(paths: &PathArgs) -> anyhow::Result<Store> {
+    let store = Store::new(paths.layout());
     let leftovers = store
         .prepare()
         .context("preparing checkpoint directories")?;
@@ -87,191 +149,204 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             "removed temporary files left by an interrupted write"
         );
     }
+    Ok(store)
+}
 
-    let me = match (&args.pod_namespace, &args.pod_name) {
-        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
-            Some(PodKey::own_parent(ns, name, &node_name))
-        }
-        _ => {
-            tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
-            None
-        }
-    };
-    let api = match kube_client(&args, &store).await {
-        Ok(client) => Some(ApiSide {
-            pods: PodWatch::spawn(
-                &client,
-                &node_name,
-                &args.namespaces,
-                trigger.clone(),
-                metrics.clone(),
-            ),
-            objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
-            tokens: Tokens::default(),
-            events: Events::new(client.clone(), &node_name),
-            uninstall: match (&args.pod_namespace, &args.pod_name) {
-                (Some(ns), Some(name)) if me.is_some() => {
-                    Some(OwnerWatch::spawn(client.clone(), ns, name, trigger.clone()))
-                }
-                _ => None,
-            },
-            client,
-        }),
+/// The watches on the API server, or `None` when there is no configuration to reach it: the
+/// agent then keeps the checkpoints it has on the node view alone. An API server that is only
+/// down is not `None`: the watches start and reconnect when it returns.
+async fn start_api_side(
+    args: &ApiArgs,
+    store: &Store,
+    identity: &IdentityArgs,
+    node_name: &str,
+    trigger: &Trigger,
+    metrics: &Metrics,
+) -> Option<ApiSide> {
+    let client = match args.client(store).await {
+        Ok(client) => client,
         Err(e) => {
             tracing::error!(
                 error = format!("{e:#}"),
                 "no API server configuration; running on the node view alone"
             );
-            None
+            return None;
         }
     };
-
-    let node_view = Arc::new(Mutex::new(NodeView::default()));
-    let runtime = sources.cri.clone();
-    let poll = tokio::spawn(poller::run(
-        sources,
-        args.poll_interval,
-        node_view.clone(),
-        trigger.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-
-    let settings = Settings {
-        node_name,
-        me,
-        grace: args.grace_period,
-        namespaces: args.namespaces.clone(),
-    };
-    let mut reconciler = Reconciler::new(settings, store, metrics, node_view, runtime, api);
-    // Set by SIGTERM while uninstalling: finish cleaning the node, within the pod's grace period.
-    let mut draining_until: Option<tokio::time::Instant> = None;
-    let mut quick_passes = 0;
-    loop {
-        let pass = reconciler.reconcile().await;
-        health.beat();
-        if reconciler.synced_once() {
-            health.set_ready();
-        }
-        if let Some(until) = draining_until
-            && (pass.checkpoints_on_disk == 0 || tokio::time::Instant::now() >= until)
-        {
-            break;
-        }
-        // A step done (say, another checkpoint removed) may make the next one possible now.
-        quick_passes = if pass.acted { quick_passes + 1 } else { 0 };
-        let wait = if pass.acted && quick_passes <= MAX_QUICK_PASSES {
-            Duration::ZERO
-        } else if draining_until.is_some() {
-            Duration::from_millis(200)
-        } else {
-            pass.wake_at
-                .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
-                .map_or(RESYNC, |d| d.min(RESYNC))
-        };
-        // The pass above ran to completion: stopping here never leaves a write half done.
-        let stop = tokio::select! {
-            _ = term.recv() => true,
-            _ = int.recv() => true,
-            _ = trigger.notified() => false,
-            _ = tokio::time::sleep(wait) => false,
-        };
-        if stop {
-            if !reconciler.uninstalling() {
-                break;
-            }
-            tracing::info!(action = "uninstall", "stopping after the node is clean");
-            draining_until = Some(tokio::time::Instant::now() + DRAIN);
-        }
-    }
-    poll.abort();
-    stop(shutdown, admin).await
-}
-
-async fn stop(
-    shutdown: CancellationToken,
-    admin: tokio::task::JoinHandle<std::io::Result<()>>,
-) -> anyhow::Result<()> {
-    tracing::info!(
-        action = "shutdown",
-        "stopping; checkpoints stay as they are"
-    );
-    shutdown.cancel();
-    match admin.await {
-        Ok(Err(e)) => Err(e).context("admin server"),
-        _ => Ok(()),
-    }
-}
-
-fn node_sources(args: &AgentArgs) -> anyhow::Result<NodeSources> {
-    let cri = match args.cri_endpoint.trim() {
-        "" => None,
-        ep => Some(CriClient::new(ep, Duration::from_secs(2)).context("CRI endpoint")?),
-    };
-    let kubelet = match &args.kubelet_url {
-        None => None,
-        Some(url) => Some(
-            KubeletClient::new(&KubeletConfig {
-                url: url.clone(),
-                token_file: args.kubelet_token_file.clone(),
-                client_cert: args.kubelet_client_cert.clone(),
-                client_key: args.kubelet_client_key.clone(),
-                ca_file: args.kubelet_ca_file.clone(),
-                insecure_skip_tls_verify: args.kubelet_insecure_skip_tls_verify,
-                timeout: Duration::from_secs(2),
-            })
-            .context("kubelet client")?,
+    Some(ApiSide {
+        pods: PodWatch::spawn(
+            &client,
+            node_name,
+            &identity.namespaces,
+            trigger.clone(),
+            metrics.clone(),
         ),
-    };
+        objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
+        tokens: Tokens::default(),
+        events: Events::new(client.clone(), node_name),
+        uninstall: identity
+            .own_pod()
+            .map(|(ns, name)| OwnerWatch::spawn(client.clone(), ns, name, trigger.clone())),
+        client,
+    })
+}
+
+/// The runtime and the kubelet, at least one of them: without either the agent cannot tell
+/// whether a parent runs, and would guess.
+fn node_sources(cri: &CriArgs, kubelet: &KubeletArgs) -> anyhow::Result<NodeSources> {
+    let cri = cri.client()?;
+    let kubelet = kubelet.client()?;
     if cri.is_none() && kubelet.is_none() {
         bail!("set --cri-endpoint or --kubelet-url: the agent needs to know what runs on the node");
     }
     Ok(NodeSources { cri, kubelet })
 }
 
-/// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
-/// server here, so a dead API server does not stop the agent from starting.
-///
-/// The kubelet gives a container `KUBERNETES_SERVICE_HOST` only once it has listed Services, so
-/// the static copy of the agent started after a reboot with the API server down has none. The
-/// DaemonSet pod therefore records the address it was given in the state directory, and a copy
-/// started without one uses that.
-async fn kube_client(args: &AgentArgs, store: &Store) -> anyhow::Result<kube::Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .context("loading kubeconfig")?
+/// What the node side hands the reconciler.
+struct NodeSide {
+    /// Kept current by the poller.
+    view: SharedNodeView,
+    /// Asked again before acting, since the view can be a poll interval old.
+    runtime: Option<CriClient>,
+}
+
+/// The poller, asking the runtime and the kubelet what runs until the agent stops.
+fn start_node_side(
+    sources: NodeSources,
+    poll_interval: Duration,
+    trigger: &Trigger,
+    metrics: &Metrics,
+    tasks: &mut Tasks,
+) -> NodeSide {
+    let view = Arc::new(Mutex::new(NodeView::default()));
+    let runtime = sources.cri.clone();
+    tasks.poller = Some(tokio::spawn(poller::run(
+        sources,
+        poll_interval,
+        view.clone(),
+        trigger.clone(),
+        metrics.clone(),
+        tasks.stop.clone(),
+    )));
+    NodeSide { view, runtime }
+}
+
+/// The reconcile loop: passes back to back while they act, otherwise when triggered (a watch or
+/// the poller saw a change) or when the next one is due.
+struct Passes {
+    reconciler: Reconciler,
+    health: Arc<Health>,
+    trigger: Trigger,
+    /// Passes in a row that acted; past `MAX_QUICK_PASSES` the loop waits as usual.
+    quick: u32,
+}
+
+impl Passes {
+    fn new(reconciler: Reconciler, health: Arc<Health>, trigger: Trigger) -> Self {
+        Self {
+            reconciler,
+            health,
+            trigger,
+            quick: 0,
         }
-        None => match kube::Config::incluster_env() {
-            Ok(config) => {
-                let url = config.cluster_url.to_string();
-                if let Err(e) = store.write_state(StateFile::ApiAddress, &url) {
-                    tracing::warn!(error = %e, "could not remember the API server address");
-                }
-                config
+    }
+
+    /// Passes until a stop is requested. A pass always runs to completion: stopping between
+    /// passes never leaves a write half done.
+    async fn until(&mut self, stop_requested: &CancellationToken) {
+        loop {
+            let pass = self.pass().await;
+            let wait = self.pace(&pass).unwrap_or_else(|| until_due(&pass));
+            tokio::select! {
+                _ = stop_requested.cancelled() => return,
+                _ = self.trigger.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            Err(env_err) => {
-                let url = store
-                    .read_state(StateFile::ApiAddress)
-                    .context("reading the remembered API address")?
-                    .with_context(|| {
-                        format!(
-                            "in-cluster configuration: {env_err}; and no remembered API address"
-                        )
-                    })?;
-                let mut config =
-                    kube::Config::incluster_dns().context("in-cluster configuration")?;
-                config.cluster_url = url
-                    .trim()
-                    .parse()
-                    .context("remembered API server address")?;
-                tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
-                config
+        }
+    }
+
+    /// After a stop request while the agent's own DaemonSet is being deleted, keeps passing
+    /// until the node holds no checkpoint of ours or `DRAIN` has passed, so an uninstall does
+    /// not leave static pods behind. Otherwise returns at once: checkpoints stay as they are.
+    async fn drain(&mut self) {
+        if !self.reconciler.uninstalling() {
+            return;
+        }
+        tracing::info!(action = "uninstall", "stopping after the node is clean");
+        let until = Instant::now() + DRAIN;
+        loop {
+            let pass = self.pass().await;
+            if pass.checkpoints_on_disk == 0 || Instant::now() >= until {
+                return;
             }
-        },
-    };
-    kube::Client::try_from(config).context("building the API client")
+            let wait = self.pace(&pass).unwrap_or(DRAIN_RETRY);
+            tokio::select! {
+                _ = self.trigger.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass, reported to the health endpoints.
+    async fn pass(&mut self) -> Pass {
+        let pass = self.reconciler.reconcile().await;
+        self.health.beat();
+        if self.reconciler.synced_once() {
+            self.health.set_ready();
+        }
+        pass
+    }
+
+    /// `Some(zero)` when the next pass should start at once: a step done (say, another
+    /// checkpoint removed) may make the next one possible now. Capped, so a pass that always
+    /// acts cannot spin.
+    fn pace(&mut self, pass: &Pass) -> Option<Duration> {
+        self.quick = if pass.acted { self.quick + 1 } else { 0 };
+        (pass.acted && self.quick <= MAX_QUICK_PASSES).then_some(Duration::ZERO)
+    }
+}
+
+/// Until the pass's own next deadline, and never longer than `RESYNC`.
+fn until_due(pass: &Pass) -> Duration {
+    pass.wake_at
+        .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
+        .map_or(RESYNC, |d| d.min(RESYNC))
+}
+
+/// The agent's background tasks, stopped together in one place.
+struct Tasks {
+    /// Cancelled once the last pass is done; the admin server and the poller watch it.
+    stop: CancellationToken,
+    admin: JoinHandle<std::io::Result<()>>,
+    poller: Option<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// The admin server comes first, so `/healthz` answers while the agent stands by.
+    fn start_admin(admin: &AdminArgs, metrics: &Metrics, health: &Arc<Health>) -> Self {
+        let stop = CancellationToken::new();
+        let admin = tokio::spawn(admin.server(metrics.clone(), health.clone(), stop.clone()));
+        Self {
+            stop,
+            admin,
+            poller: None,
+        }
+    }
+
+    /// Stops every task; an admin server that failed (say, its address was not valid) is the
+    /// agent's error.
+    async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!(
+            action = "shutdown",
+            "stopping; checkpoints stay as they are"
+        );
+        if let Some(poller) = self.poller {
+            poller.abort();
+        }
+        self.stop.cancel();
+        match self.admin.await {
+            Ok(Err(e)) => Err(e).context("admin server"),
+            _ => Ok(()),
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Entry point: parse flags, set up logging, run the agent or an offline subcommand.
 
 use clap::Parser;
-use pod_checkpointer::config::{Cli, Command};
-use pod_checkpointer::{agent, offline, telemetry};
+use pod_checkpointer::config::{AgentArgs, Cli, Command};
+use pod_checkpointer::{agent, offline};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -20,8 +20,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_agent(args: pod_checkpointer::config::AgentArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format, &args.log_level)?;
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    args.log.init()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

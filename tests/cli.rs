@@ -238,3 +238,52 @@ fn agent_without_api_server_or_runtime_starts_reports_and_stops_cleanly() {
         "logged once:\n{log}"
     );
 }
+
+/// `--help` groups the agent's flags by the part they configure.
+#[test]
+fn help_lists_the_flags_by_group() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Each section: a heading at the start of a line, then its indented flags.
+    let section = |heading: &str| {
+        let start = help
+            .find(&format!("\n{heading}:\n"))
+            .unwrap_or_else(|| panic!("no {heading} group:\n{help}"));
+        let body = &help[start + heading.len() + 2..];
+        let end = body
+            .lines()
+            .position(|l| !l.is_empty() && !l.starts_with(' '))
+            .map_or(body.len(), |n| {
+                body.lines().take(n).map(|l| l.len() + 1).sum()
+            });
+        body[..end].to_string()
+    };
+    for (heading, flags) in [
+        (
+            "Identity",
+            &[
+                "--node-name",
+                "--pod-name",
+                "--pod-namespace",
+                "--namespaces",
+            ][..],
+        ),
+        ("API server", &["--kubeconfig"]),
+        ("Container runtime", &["--cri-endpoint"]),
+        (
+            "Kubelet",
+            &["--kubelet-url", "--kubelet-insecure-skip-tls-verify"],
+        ),
+        ("Timing", &["--poll-interval", "--grace-period"]),
+        ("Admin server", &["--admin-addr"]),
+        ("Logging", &["--log-format", "--log-level"]),
+        ("Node lock", &["--lock-file"]),
+        ("Paths", &["--root", "--manifest-dir", "--state-dir"]),
+    ] {
+        let text = section(heading);
+        for flag in flags {
+            assert!(text.contains(flag), "{flag} under {heading}:\n{help}");
+        }
+    }
+}

@@ -1,14 +1,19 @@
-//! Command-line flags (SPEC §7). Each flag that the DaemonSet sets from the downward API also
-//! reads its environment variable.
+//! Command-line flags (SPEC §7): the agent's, in one group per part they configure, and the
+//! offline subcommands'. Each flag that the DaemonSet sets from the downward API also reads its
+//! environment variable.
 
-use std::net::SocketAddr;
+mod agent;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use self::agent::{
+    AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, LockArgs, LogArgs,
+    TimingArgs,
+};
 use crate::model::Layout;
-use crate::telemetry::LogFormat;
 
 /// Keeps annotated pods recoverable on this node while the Kubernetes API server is unreachable.
 ///
@@ -39,6 +44,7 @@ pub enum Command {
 
 /// Where files live; every path is a flag, and `--root` prefixes the defaults.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Paths")]
 pub struct PathArgs {
     /// Prefix for every default path below (e.g. a test directory); `/` on a real node.
     #[arg(long, default_value = "/")]
@@ -79,78 +85,6 @@ impl PathArgs {
     /// A default path under `--root`.
     pub fn rooted(&self, default: &str) -> PathBuf {
         self.root.join(Path::new(default.trim_start_matches('/')))
-    }
-}
-
-/// Flags of the node agent.
-#[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
-    /// Name of this node; only pods bound here are checkpointed.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
-    /// This agent's own pod name (downward API), so it can checkpoint itself.
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// This agent's own namespace (downward API).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub pod_namespace: Option<String>,
-    /// Kubeconfig to reach the API server; the in-cluster service account when absent.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// CRI endpoint of the container runtime, the truth about what runs. Empty disables it (the
-    /// kubelet's pod status is used instead).
-    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
-    pub cri_endpoint: String,
-    /// Kubelet base URL (e.g. https://127.0.0.1:10250, or http://127.0.0.1:10255 for the
-    /// read-only port) for its /pods: parents known while the API server is down.
-    #[arg(long)]
-    pub kubelet_url: Option<String>,
-    /// Bearer token file for the kubelet (re-read on every request, so rotation works).
-    #[arg(long)]
-    pub kubelet_token_file: Option<PathBuf>,
-    /// CA bundle that signed the kubelet's serving certificate.
-    #[arg(long)]
-    pub kubelet_ca_file: Option<PathBuf>,
-    /// Client certificate for the kubelet.
-    #[arg(long)]
-    pub kubelet_client_cert: Option<PathBuf>,
-    /// Client key for the kubelet.
-    #[arg(long)]
-    pub kubelet_client_key: Option<PathBuf>,
-    /// Skip verifying the kubelet's serving certificate (self-signed kubelet certs).
-    #[arg(long)]
-    pub kubelet_insecure_skip_tls_verify: bool,
-    /// How often the runtime and the kubelet are asked what runs (e.g. 1s, 500ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
-    /// How long the API server must stop listing a parent before its checkpoint is removed.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    pub grace_period: Duration,
-    /// Only checkpoint pods in these namespaces (comma-separated); all namespaces when empty.
-    #[arg(long, value_delimiter = ',')]
-    pub namespaces: Vec<String>,
-    /// Address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9808")]
-    pub admin_addr: SocketAddr,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
-    /// Log level or filter (RUST_LOG wins when set).
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-    /// Lock file that lets only one copy of the agent (DaemonSet pod or static copy) work.
-    #[arg(long)]
-    pub lock_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub paths: PathArgs,
-}
-
-impl AgentArgs {
-    /// The lock file path, defaulting under `--root`.
-    pub fn lock_path(&self) -> PathBuf {
-        self.lock_file
-            .clone()
-            .unwrap_or_else(|| self.paths.rooted("/var/run/lock/pod-checkpointer.lock"))
     }
 }
 
@@ -221,7 +155,7 @@ mod tests {
             PathBuf::from("/tmp/n/etc/kubernetes/manifests")
         );
         assert_eq!(
-            cli.agent.lock_path(),
+            cli.agent.lock.path(&cli.agent.paths),
             PathBuf::from("/tmp/n/var/run/lock/pod-checkpointer.lock")
         );
         let explicit = Cli::parse_from(["pod-checkpointer", "--manifest-dir", "/m"]);

@@ -1,0 +1,306 @@
+//! The node agent's flags, one group per part of the agent. Each group builds its own part, so
+//! the wiring in [`crate::agent`] never reads a flag itself and a flag lives next to the code
+//! that turns it into something.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::{PathArgs, parse_duration};
+use crate::admin::{self, Health};
+use crate::cri::CriClient;
+use crate::kubelet::{KubeletClient, KubeletConfig};
+use crate::metrics::Metrics;
+use crate::model::PodKey;
+use crate::store::{StateFile, Store};
+use crate::telemetry::{self, LogFormat};
+
+/// How long one question to the runtime or the kubelet may take: a hung socket must not stall
+/// the poller past a few intervals.
+const NODE_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Flags of the node agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub cri: CriArgs,
+    #[command(flatten)]
+    pub kubelet: KubeletArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+/// Who this agent is and which pods it looks after: the DaemonSet sets these from the
+/// downward API, so each also reads its environment variable.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Identity")]
+pub struct IdentityArgs {
+    /// Name of this node; only pods bound here are checkpointed.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This agent's own pod name (downward API), so it can checkpoint itself.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This agent's own namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Only checkpoint pods in these namespaces (comma-separated); all namespaces when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+}
+
+impl IdentityArgs {
+    /// The node name is optional to clap only so that the subcommands do not need it; the agent
+    /// cannot pick its pods without it.
+    pub fn node_name(&self) -> anyhow::Result<String> {
+        self.node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .context("--node-name (or NODE_NAME) is required")
+    }
+
+    /// This agent's own pod as (namespace, name), when the downward API told us both. Without
+    /// it the agent neither checkpoints itself nor notices its own uninstall.
+    pub fn own_pod(&self) -> Option<(&str, &str)> {
+        match (self.pod_namespace.as_deref(), self.pod_name.as_deref()) {
+            (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+            _ => None,
+        }
+    }
+
+    /// The parent this agent's own pod is a copy of, so its checkpoint is kept like any other
+    /// and the agent comes back by itself after a reboot with the API server down.
+    pub fn me(&self, node_name: &str) -> Option<PodKey> {
+        self.own_pod()
+            .map(|(ns, name)| PodKey::own_parent(ns, name, node_name))
+    }
+}
+
+/// How to reach the API server.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "API server")]
+pub struct ApiArgs {
+    /// Kubeconfig to reach the API server; the in-cluster service account when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
+    /// server here, so a dead API server does not stop the agent from starting.
+    ///
+    /// The kubelet gives a container `KUBERNETES_SERVICE_HOST` only once it has listed Services,
+    /// so the static copy of the agent started after a reboot with the API server down has none.
+    /// The DaemonSet pod therefore records the address it was given in the state directory, and
+    /// a copy started without one uses that.
+    pub async fn client(&self, store: &Store) -> anyhow::Result<kube::Client> {
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kc,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .context("loading kubeconfig")?
+            }
+            None => in_cluster(store)?,
+        };
+        kube::Client::try_from(config).context("building the API client")
+    }
+}
+
+/// The in-cluster configuration, remembering its API address for a later copy that is started
+/// without one (see [`ApiArgs::client`]).
+fn in_cluster(store: &Store) -> anyhow::Result<kube::Config> {
+    match kube::Config::incluster_env() {
+        Ok(config) => {
+            let url = config.cluster_url.to_string();
+            if let Err(e) = store.write_state(StateFile::ApiAddress, &url) {
+                tracing::warn!(error = %e, "could not remember the API server address");
+            }
+            Ok(config)
+        }
+        Err(env_err) => {
+            let url = store
+                .read_state(StateFile::ApiAddress)
+                .context("reading the remembered API address")?
+                .with_context(|| {
+                    format!("in-cluster configuration: {env_err}; and no remembered API address")
+                })?;
+            let mut config = kube::Config::incluster_dns().context("in-cluster configuration")?;
+            config.cluster_url = url
+                .trim()
+                .parse()
+                .context("remembered API server address")?;
+            tracing::info!(url = %config.cluster_url, "no KUBERNETES_SERVICE_HOST (started before the kubelet listed Services); using the remembered API address");
+            Ok(config)
+        }
+    }
+}
+
+/// The container runtime, asked what really runs on the node.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Container runtime")]
+pub struct CriArgs {
+    /// CRI endpoint of the container runtime, the truth about what runs. Empty disables it (the
+    /// kubelet's pod status is used instead).
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    pub cri_endpoint: String,
+}
+
+impl CriArgs {
+    /// `None` when the endpoint is empty: a node whose runtime is not reachable from the agent
+    /// can still run it on the kubelet's view.
+    pub fn client(&self) -> anyhow::Result<Option<CriClient>> {
+        match self.cri_endpoint.trim() {
+            "" => Ok(None),
+            ep => CriClient::new(ep, NODE_SOURCE_TIMEOUT)
+                .map(Some)
+                .context("CRI endpoint"),
+        }
+    }
+}
+
+/// The kubelet, asked which parents it runs while the API server is down.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kubelet")]
+pub struct KubeletArgs {
+    /// Kubelet base URL (e.g. https://127.0.0.1:10250, or http://127.0.0.1:10255 for the
+    /// read-only port) for its /pods: parents known while the API server is down.
+    #[arg(long)]
+    pub kubelet_url: Option<String>,
+    /// Bearer token file for the kubelet (re-read on every request, so rotation works).
+    #[arg(long)]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// CA bundle that signed the kubelet's serving certificate.
+    #[arg(long)]
+    pub kubelet_ca_file: Option<PathBuf>,
+    /// Client certificate for the kubelet.
+    #[arg(long)]
+    pub kubelet_client_cert: Option<PathBuf>,
+    /// Client key for the kubelet.
+    #[arg(long)]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// Skip verifying the kubelet's serving certificate (self-signed kubelet certs).
+    #[arg(long)]
+    pub kubelet_insecure_skip_tls_verify: bool,
+}
+
+impl KubeletArgs {
+    /// `None` without `--kubelet-url`: the kubelet is optional when the runtime answers.
+    pub fn client(&self) -> anyhow::Result<Option<KubeletClient>> {
+        let Some(url) = &self.kubelet_url else {
+            return Ok(None);
+        };
+        KubeletClient::new(&KubeletConfig {
+            url: url.clone(),
+            token_file: self.kubelet_token_file.clone(),
+            client_cert: self.kubelet_client_cert.clone(),
+            client_key: self.kubelet_client_key.clone(),
+            ca_file: self.kubelet_ca_file.clone(),
+            insecure_skip_tls_verify: self.kubelet_insecure_skip_tls_verify,
+            timeout: NODE_SOURCE_TIMEOUT,
+        })
+        .map(Some)
+        .context("kubelet client")
+    }
+}
+
+/// How fast the agent looks and how patient it is.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Timing")]
+pub struct TimingArgs {
+    /// How often the runtime and the kubelet are asked what runs (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long the API server must stop listing a parent before its checkpoint is removed.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub grace_period: Duration,
+}
+
+impl TimingArgs {
+    /// How long the main loop may stay silent before `/healthz` fails: it beats at least once
+    /// per poll interval, so several intervals, and never so little that a slow pass restarts
+    /// the pod.
+    pub fn stall_after(&self) -> Duration {
+        (self.poll_interval * 10).max(Duration::from_secs(30))
+    }
+}
+
+/// The admin server operators and the kubelet's probes talk to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Admin server")]
+pub struct AdminArgs {
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:9808")]
+    pub admin_addr: SocketAddr,
+}
+
+impl AdminArgs {
+    /// The admin server on `--admin-addr`, serving until `shutdown` fires.
+    pub fn server(
+        &self,
+        metrics: Metrics,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        admin::serve(self.admin_addr, metrics, health, shutdown)
+    }
+}
+
+/// What the logs look like.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Log level or filter (RUST_LOG wins when set).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber; before the runtime starts, so its own logs are kept.
+    pub fn init(&self) -> anyhow::Result<()> {
+        telemetry::init(self.log_format, &self.log_level)
+    }
+}
+
+/// The lock that lets one copy of the agent work at a time.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Node lock")]
+pub struct LockArgs {
+    /// Lock file that lets only one copy of the agent (DaemonSet pod or static copy) work.
+    #[arg(long)]
+    pub lock_file: Option<PathBuf>,
+}
+
+impl LockArgs {
+    /// The lock file path, defaulting under `--root` like every other node path.
+    pub fn path(&self, paths: &PathArgs) -> PathBuf {
+        self.lock_file
+            .clone()
+            .unwrap_or_else(|| paths.rooted("/var/run/lock/pod-checkpointer.lock"))
+    }
+}
