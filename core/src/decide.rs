@@ -9,12 +9,36 @@ use jiff::Timestamp;
 
 use crate::model::{Observation, PodKey};
 
-/// A parent as the API server lists it on this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parent pod as a source (the API server, or the kubelet) describes it on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiParent {
     /// Whether the parent's status shows it has ever started a container here. A parent that is
     /// still pulling images or starting must not be "replaced" by a copy that fights it for ports.
     pub started_here: bool,
+    /// The pod object's uid: a successor is another object, even under the same name.
+    pub uid: String,
+    /// The uid of its controller (`ownerReferences` with `controller: true`): pods that share it
+    /// replace one another (a DaemonSet's new pod after an update or a delete).
+    pub controller: Option<String>,
+    /// Being deleted, or finished (`Succeeded`/`Failed`): going away on purpose, not to be
+    /// stood in for while the API can say so, and not something the kubelet will restart.
+    pub leaving: bool,
+    /// Ready as the kubelet reports it: a successor that was Ready ends the predecessor's claim.
+    pub ready: bool,
+}
+
+/// How a parent's checkpoint stands with a successor that has started (SPEC §4 "Replacement"
+/// and "Fallback"). Kept by the shell between passes, like the grace deadlines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Yield {
+    /// The uid of the successor the copy yielded to.
+    pub successor: String,
+    /// When it yielded: the fallback timeout counts from here.
+    pub since: Timestamp,
+    /// The successor has been Ready here: the predecessor's copy is no longer needed.
+    pub ready_seen: bool,
+    /// The successor was not Ready in time and the predecessor's copy runs again.
+    pub fell_back: bool,
 }
 
 /// Which checkpoint files exist for one parent.
@@ -36,6 +60,16 @@ pub struct Inputs<'a> {
     pub me: Option<&'a PodKey>,
     /// Parents the API lists on this node; `Unknown` while the API is unreachable or not yet synced.
     pub api: &'a Observation<BTreeMap<PodKey, ApiParent>>,
+    /// Parents the kubelet lists (its `/pods`), which it knows without the API; `Unknown` when
+    /// it did not answer or is not asked. A parent it lists, not leaving, is one it will restart.
+    pub kubelet: &'a Observation<BTreeMap<PodKey, ApiParent>>,
+    /// The last API description of parents the API no longer lists, so a predecessor's
+    /// controller is still known after its pod object is gone.
+    pub remembered: &'a BTreeMap<PodKey, ApiParent>,
+    /// Checkpoints that yielded to a successor, and how that stands.
+    pub yields: &'a BTreeMap<PodKey, Yield>,
+    /// How long a successor that made a copy yield has to become Ready before the copy runs again.
+    pub fallback_timeout: Duration,
     /// Pods the runtime runs, by namespace/name; `Unknown` when it did not answer.
     pub running: &'a Observation<BTreeSet<PodKey>>,
     /// Digest of the checkpoint each seen parent sanitizes to now (from the API or the kubelet).
@@ -69,6 +103,11 @@ pub enum Action {
     SetDeadline(PodKey, Timestamp),
     /// The parent is listed again: removal is off.
     ClearDeadline(PodKey),
+    /// Record how the checkpoint stands with its successor (see [`Yield`]).
+    SetYield(PodKey, Yield),
+    /// The successor was not Ready within the fallback timeout: run the predecessor's copy
+    /// again (last known good), and say so.
+    Fallback(PodKey),
 }
 
 /// Why a checkpoint leaves the static pod directory; logged and counted.
@@ -78,6 +117,8 @@ pub enum DeactivateReason {
     ParentRunning,
     /// First step of removal.
     Removal,
+    /// A successor from the same controller has started here and needs the ports.
+    Replaced,
 }
 
 impl Action {
@@ -89,7 +130,9 @@ impl Action {
             | Action::Deactivate(k, _)
             | Action::Remove(k)
             | Action::SetDeadline(k, _)
-            | Action::ClearDeadline(k) => k,
+            | Action::ClearDeadline(k)
+            | Action::SetYield(k, _)
+            | Action::Fallback(k) => k,
         }
     }
 
@@ -102,6 +145,8 @@ impl Action {
             Action::Remove(_) => "remove",
             Action::SetDeadline(..) => "grace_start",
             Action::ClearDeadline(_) => "grace_cancel",
+            Action::SetYield(..) => "yield",
+            Action::Fallback(_) => "fallback",
         }
     }
 }
@@ -164,15 +209,28 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
             keep_self_active(inp, key, &mut out);
             continue;
         }
-        match removal(inp, key, &mut out) {
-            Removal::Due => {
+        let removal = removal(inp, key, &mut out);
+        match (succession(inp, key, &mut out), removal) {
+            // A successor has been Ready here: the copy stays down and goes after grace.
+            (Succession::Done, Removal::Due) => {
                 remove_steps(inp, key, &mut out);
             }
-            Removal::Grace => {
+            // A successor has started here: it, not the copy, decides what runs.
+            (Succession::Done | Succession::Holding, Removal::Keep) => {
+                write_if_changed(inp, key, &mut out);
+            }
+            (Succession::Done | Succession::Holding, _) => {}
+            (Succession::None, Removal::Due) if awaits_ready_successor(inp, key) => {
+                // Last known good: kept until a successor has been Ready here.
+            }
+            (Succession::None, Removal::Due) => {
+                remove_steps(inp, key, &mut out);
+            }
+            (Succession::None, Removal::Grace) => {
                 // The API says the parent is no longer here; nothing is started for it, and an
                 // active copy stays as it is until the grace period ends.
             }
-            Removal::Keep => activation(inp, key, &mut out),
+            (Succession::None, Removal::Keep) => activation(inp, key, &mut out),
         }
     }
     out
@@ -233,13 +291,138 @@ fn activation(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) {
         }
         return;
     }
-    let merely_starting = matches!(
-        inp.api,
-        Observation::Known(listed) if listed.get(key).is_some_and(|p| !p.started_here)
-    );
-    if has_checkpoint && !on_disk.active && !merely_starting {
+    let listed = match inp.api {
+        Observation::Known(listed) => listed.get(key),
+        Observation::Unknown => None,
+    };
+    // Starting (image pull, first start): a copy would fight it for ports.
+    let merely_starting = listed.is_some_and(|p| !p.started_here);
+    // Being deleted or finished, while the API can say so: going away on purpose.
+    let leaving = listed.is_some_and(|p| p.leaving);
+    if has_checkpoint
+        && !on_disk.active
+        && !merely_starting
+        && !leaving
+        && !kubelet_restarts(inp, key)
+    {
         out.actions.push(Action::Activate(key.clone()));
     }
+}
+
+/// Whether the kubelet answers and still lists the parent, not leaving: restarting it is the
+/// kubelet's job, and a copy would run beside it. After a reboot with the API down the kubelet
+/// lists no API pods, so this never delays that recovery.
+fn kubelet_restarts(inp: &Inputs<'_>, key: &PodKey) -> bool {
+    matches!(inp.kubelet, Observation::Known(pods) if pods.get(key).is_some_and(|p| !p.leaving))
+}
+
+/// The pods on this node as the freshest source says: the API when it answers, else the kubelet.
+fn pods_here<'a>(inp: &Inputs<'a>) -> Option<&'a BTreeMap<PodKey, ApiParent>> {
+    inp.api.known().or_else(|| inp.kubelet.known())
+}
+
+/// The controller of a parent, from whoever still describes it.
+fn controller_of<'a>(inp: &Inputs<'a>, key: &PodKey) -> Option<&'a str> {
+    [inp.api.known(), inp.kubelet.known(), Some(inp.remembered)]
+        .into_iter()
+        .flatten()
+        .find_map(|pods| pods.get(key))
+        .and_then(|p| p.controller.as_deref())
+}
+
+/// Other pods on this node with the parent's controller, not leaving: its successors.
+fn successors<'a>(
+    inp: &Inputs<'a>,
+    key: &'a PodKey,
+) -> impl Iterator<Item = (&'a PodKey, &'a ApiParent)> + 'a {
+    let controller = controller_of(inp, key);
+    pods_here(inp).into_iter().flatten().filter(move |(k, p)| {
+        *k != key && !p.leaving && controller.is_some() && p.controller.as_deref() == controller
+    })
+}
+
+/// Whether removal must wait: a successor exists (or one made the copy yield) that has not yet
+/// been Ready here, so the predecessor's checkpoint is the last known good.
+fn awaits_ready_successor(inp: &Inputs<'_>, key: &PodKey) -> bool {
+    let yielded = inp.yields.get(key);
+    if yielded.is_some_and(|y| y.ready_seen) {
+        return false;
+    }
+    yielded.is_some() || successors(inp, key).any(|(_, p)| !p.ready)
+}
+
+/// Where a checkpoint stands with the successors of its parent.
+enum Succession {
+    /// No successor has started here: the ordinary rules apply.
+    None,
+    /// A successor has started and the copy yielded to it, or fell back from it: this decided
+    /// whether the copy runs.
+    Holding,
+    /// A successor has been Ready here: the copy stays down and is removed after grace.
+    Done,
+}
+
+/// Replacement and fallback (SPEC §4): yield at once to a newly started successor; stay down
+/// while it has time to become Ready; run again (last known good) when it did not in time.
+fn succession(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) -> Succession {
+    let on_disk = inp.disk.get(key).copied().unwrap_or_default();
+    let previous = inp.yields.get(key);
+    let failed = |uid: &str| previous.is_some_and(|y| y.fell_back && y.successor == uid);
+    // A successor the copy already fell back from is passed over for any other that started.
+    let started = successors(inp, key)
+        .filter(|(_, p)| p.started_here)
+        .min_by_key(|(_, p)| failed(&p.uid));
+    let mut state = match (started, previous) {
+        (Some((_, s)), Some(y)) if y.successor == s.uid || y.ready_seen => y.clone(),
+        (Some((_, s)), _) => Yield {
+            successor: s.uid.clone(),
+            since: inp.now,
+            ready_seen: false,
+            fell_back: false,
+        },
+        // Ready seen, or fell back: a rollback deletes the failed successor before creating
+        // the next, and the copy that fell back is all that serves meanwhile.
+        (None, Some(y)) if y.ready_seen || y.fell_back => y.clone(),
+        (None, Some(y)) => {
+            // The successor it yielded to is gone before it was Ready (a rollback deleted
+            // it): the copy comes back at once. Unseen (no API, no kubelet): wait for the timeout.
+            let mut y = y.clone();
+            y.fell_back |= pods_here(inp).is_some();
+            y
+        }
+        (None, None) => return Succession::None,
+    };
+    state.ready_seen |= started.is_some_and(|(_, s)| s.ready && s.uid == state.successor);
+    let due = state
+        .since
+        .checked_add(inp.fallback_timeout)
+        .unwrap_or(Timestamp::MAX);
+    if !state.ready_seen && !state.fell_back && inp.now >= due {
+        state.fell_back = true;
+    }
+    if previous != Some(&state) {
+        out.actions
+            .push(Action::SetYield(key.clone(), state.clone()));
+    }
+    if state.ready_seen {
+        if on_disk.active {
+            out.actions
+                .push(Action::Deactivate(key.clone(), DeactivateReason::Replaced));
+        }
+        return Succession::Done;
+    }
+    if state.fell_back {
+        if !on_disk.active && on_disk.inactive {
+            out.actions.push(Action::Fallback(key.clone()));
+        }
+        return Succession::Holding;
+    }
+    if on_disk.active {
+        out.actions
+            .push(Action::Deactivate(key.clone(), DeactivateReason::Replaced));
+    }
+    out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
+    Succession::Holding
 }
 
 /// The agent's own checkpoint is always active: the lock decides which copy works.
@@ -299,6 +482,9 @@ fn remove_self(me: &PodKey, inp: &Inputs<'_>, out: &mut Decision) {
 }
 
 #[cfg(test)]
+mod succession_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -348,7 +534,13 @@ mod tests {
         }
         fn listed(mut self, k: &PodKey, started_here: bool) -> Self {
             let mut m = self.api.known().cloned().unwrap_or_default();
-            m.insert(k.clone(), ApiParent { started_here });
+            m.insert(
+                k.clone(),
+                ApiParent {
+                    started_here,
+                    ..ApiParent::default()
+                },
+            );
             self.api = Observation::Known(m);
             self
         }
@@ -402,6 +594,10 @@ mod tests {
                 node_name: NODE,
                 me: self.me.as_ref(),
                 api: &self.api,
+                kubelet: &Observation::Unknown,
+                remembered: &BTreeMap::new(),
+                yields: &BTreeMap::new(),
+                fallback_timeout: Duration::from_secs(300),
                 running: &self.running,
                 desired: &self.desired,
                 written: &self.written,
@@ -849,7 +1045,7 @@ mod tests {
                 w.api = match api {
                     None => Observation::Unknown,
                     Some(v) => Observation::Known(ks.iter().zip(v).filter(|(_, (l, _))| *l)
-                        .map(|(k, (_, s))| (k.clone(), ApiParent { started_here: s })).collect()),
+                        .map(|(k, (_, s))| (k.clone(), ApiParent { started_here: s, ..ApiParent::default() })).collect()),
                 };
                 w.running = match running {
                     None => Observation::Unknown,
