@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -210,33 +211,25 @@ pub trait KeyDataSource {
 impl KeyDataSource for Secret {
     /// `data`, then `stringData` as `kubectl apply` would merge it (the API never returns it).
     fn key_data(&self) -> KeyData {
-        let binary = self
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()));
-        let text = self
-            .string_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
-        binary.chain(text).collect()
+        binary(&self.data).chain(text(&self.string_data)).collect()
     }
 }
 
 impl KeyDataSource for ConfigMap {
     /// `data`, then `binaryData`.
     fn key_data(&self) -> KeyData {
-        let text = self
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
-        let binary = self
-            .binary_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()));
-        text.chain(binary).collect()
+        text(&self.data).chain(binary(&self.binary_data)).collect()
     }
+}
+
+/// The entries of a base64 field (`data` of a Secret, `binaryData` of a ConfigMap).
+fn binary(map: &Option<BTreeMap<String, ByteString>>) -> impl Iterator<Item = (String, Vec<u8>)> {
+    map.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone()))
+}
+
+/// The entries of a text field (`stringData` of a Secret, `data` of a ConfigMap).
+fn text(map: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (String, Vec<u8>)> {
+    map.iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
 }
