@@ -15,13 +15,19 @@ pub struct Metrics {
     pub checkpoints: IntGaugeVec,
     /// When each active checkpoint was activated, so alerts can tell how long a node runs on copies.
     pub activated_timestamp: GaugeVec,
+    /// Checkpoints put in the static pod directory: each one means a parent was down.
     pub activations: IntCounter,
+    /// Checkpoints taken out of it, by reason (`parent_running`, `removal`).
     pub deactivations: IntCounterVec,
+    /// Checkpoints deleted with their files, so operators can see clean-ups happen.
     pub removals: IntCounter,
     /// 1 while the pod watch is connected and synced.
     pub api_reachable: IntGauge,
+    /// Failed CRI polls: while they fail, nothing is activated (SPEC §5).
     pub runtime_poll_errors: IntCounter,
+    /// Failed kubelet `/pods` polls.
     pub kubelet_poll_errors: IntCounter,
+    /// How long a reconcile pass takes, to see the node side stays fast.
     pub reconcile_duration: Histogram,
     /// Last time each source (`api`, `runtime`, `kubelet`) answered.
     pub last_sync: GaugeVec,
@@ -29,6 +35,7 @@ pub struct Metrics {
     pub refused_pods: IntGaugeVec,
     /// Failed API requests by resource and reason (`forbidden` names a missing RBAC rule).
     pub api_errors: IntCounterVec,
+    /// Checkpoint file operations that failed (a full disk, a refused file).
     pub write_errors: IntCounter,
     /// 1 in the copy of the agent that holds the node lock and works; 0 in the one that waits.
     pub lock_held: IntGauge,
@@ -153,6 +160,12 @@ impl Metrics {
         r.register(Box::new(self.lock_held.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
+    }
+
+    /// Counts one failed API request; `reason` comes from [`crate::watch::error_reason`], so
+    /// `forbidden` points at a missing RBAC rule for `resource`.
+    pub fn api_error(&self, resource: &str, reason: &str) {
+        self.api_errors.with_label_values(&[resource, reason]).inc();
     }
 
     /// Records that a source answered now.

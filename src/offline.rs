@@ -1,17 +1,20 @@
 //! The operator's offline subcommands: `render` shows what the agent would write for a pod, and
 //! `status` lists what is on a node's disk. Neither talks to the API server.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use serde::Deserialize;
+use kube::Resource;
+use serde::de::DeserializeOwned;
 
 use crate::config::{OutputFormat, RenderArgs, StatusArgs};
-use crate::model::{KeyData, Layout};
+use crate::model::{DEFAULT_NAMESPACE, KeyData, Layout};
 use crate::sanitize::{self, Objects, Warning};
 use crate::store::Store;
+use crate::watch::KeyDataSource;
 
 /// Prints the checkpoint manifest for `--pod`, and with `--root` writes it and its files.
 pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
@@ -21,7 +24,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
         .metadata
         .namespace
         .clone()
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     let mut objects = Objects::default();
     if let Some(path) = &args.objects {
         load_objects(&read_input(path)?, &namespace, &mut objects)
@@ -126,15 +129,26 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// JSON is YAML, so one parser serves both.
-fn parse_one<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
-    let mut value: serde_json::Value = serde_yaml::from_str(text)?;
+/// How pod and object files are read. JSON is YAML, so one parser serves both. YAML 1.2 core
+/// rules, as the Kubernetes tools use: `yes`/`on` stay strings (a ConfigMap value would not
+/// parse otherwise), and numbers written with a leading zero stay strings, for
+/// [`octal_modes`] to read the way kubectl does.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+    }
+}
+
+/// Reads one YAML or JSON document.
+fn parse_one<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    let mut value: serde_json::Value = serde_saphyr::from_str_with_options(text, yaml_options())?;
     octal_modes(&mut value);
     Ok(serde_json::from_value(value)?)
 }
 
-/// Manifests written for kubectl say `defaultMode: 0400`, which YAML 1.1 reads as octal and this
-/// YAML 1.2 parser as a string; read such modes the way kubectl does.
+/// Manifests written for kubectl say `defaultMode: 0400`, which YAML 1.1 reads as octal and a
+/// YAML 1.2 parser as decimal 400; the parser keeps such spellings as strings, read here as octal.
 fn octal_modes(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
@@ -157,8 +171,9 @@ fn octal_modes(v: &mut serde_json::Value) {
 
 /// Reads Secrets and ConfigMaps of the pod's namespace from a v1 List or YAML documents.
 fn load_objects(text: &str, namespace: &str, into: &mut Objects) -> anyhow::Result<()> {
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_json::Value::deserialize(doc)?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options())?;
+    for value in docs {
         if value.is_null() {
             continue;
         }
@@ -177,6 +192,7 @@ fn load_objects(text: &str, namespace: &str, into: &mut Objects) -> anyhow::Resu
     Ok(())
 }
 
+/// Adds one Secret or ConfigMap of the pod's namespace (or of none) to `into`.
 fn add_object(item: serde_json::Value, namespace: &str, into: &mut Objects) -> anyhow::Result<()> {
     let kind = item
         .get("kind")
@@ -184,45 +200,73 @@ fn add_object(item: serde_json::Value, namespace: &str, into: &mut Objects) -> a
         .unwrap_or_default()
         .to_string();
     match kind.as_str() {
-        "Secret" => {
-            let s: Secret = serde_json::from_value(item)?;
-            if !in_namespace(s.metadata.namespace.as_deref(), namespace) {
-                return Ok(());
-            }
-            let mut data: KeyData = s
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect();
-            for (k, v) in s.string_data.iter().flatten() {
-                data.insert(k.clone(), v.clone().into_bytes());
-            }
-            into.secrets
-                .insert(s.metadata.name.unwrap_or_default(), data);
-        }
-        "ConfigMap" => {
-            let c: ConfigMap = serde_json::from_value(item)?;
-            if !in_namespace(c.metadata.namespace.as_deref(), namespace) {
-                return Ok(());
-            }
-            let mut data: KeyData = c
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                .collect();
-            for (k, v) in c.binary_data.iter().flatten() {
-                data.insert(k.clone(), v.0.clone());
-            }
-            into.config_maps
-                .insert(c.metadata.name.unwrap_or_default(), data);
-        }
+        "Secret" => insert_object::<Secret>(item, namespace, &mut into.secrets),
+        "ConfigMap" => insert_object::<ConfigMap>(item, namespace, &mut into.config_maps),
         other => bail!("--objects holds a {other:?}; only Secrets and ConfigMaps are used"),
+    }
+}
+
+/// Stores the object's keys under its name, the way the agent's watch would see them.
+fn insert_object<K>(
+    item: serde_json::Value,
+    namespace: &str,
+    into: &mut BTreeMap<String, KeyData>,
+) -> anyhow::Result<()>
+where
+    K: KeyDataSource + Resource + DeserializeOwned,
+{
+    let object: K = serde_json::from_value(item)?;
+    let meta = object.meta();
+    if in_namespace(meta.namespace.as_deref(), namespace) {
+        into.insert(meta.name.clone().unwrap_or_default(), object.key_data());
     }
     Ok(())
 }
 
 fn in_namespace(object_ns: Option<&str>, pod_ns: &str) -> bool {
     object_ns.is_none_or(|ns| ns == pod_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_with_a_leading_zero_are_octal_and_yes_stays_a_string() {
+        let text = "spec: {volumes: [{secret: {defaultMode: 0400}}], x: [yes, 0123, 12, true]}";
+        let pod: serde_json::Value = parse_one(text).expect("parse");
+        assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 256);
+        assert_eq!(
+            pod["spec"]["x"],
+            serde_json::json!(["yes", "0123", 12, true])
+        );
+    }
+
+    #[test]
+    fn objects_come_from_documents_and_lists_of_the_pods_namespace() {
+        let text = "---
+kind: Secret
+metadata: {name: s}
+data: {a: YQ==}
+stringData: {b: yes}
+---
+---
+kind: List
+items:
+- {kind: ConfigMap, metadata: {name: c, namespace: ns}, data: {k: '1'}, binaryData: {k: Mg==}}
+- {kind: ConfigMap, metadata: {name: other, namespace: elsewhere}, data: {k: v}}
+";
+        let mut objects = Objects::default();
+        load_objects(text, "ns", &mut objects).expect("load");
+        let data = |pairs: &[(&str, &str)]| -> KeyData {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(objects.secrets["s"], data(&[("a", "a"), ("b", "yes")]));
+        assert_eq!(objects.config_maps["c"], data(&[("k", "2")]));
+        assert!(!objects.config_maps.contains_key("other"));
+        assert!(load_objects("kind: Pod\n", "ns", &mut objects).is_err());
+    }
 }

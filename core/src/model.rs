@@ -125,3 +125,7 @@ impl PodKey {
         PodKey::new(namespace, parent)
     }
 }
+
+/// The namespace the API server and the kubelet assume for an object that names none, so a
+/// checkpoint's key is read the same way they read it.
+pub const DEFAULT_NAMESPACE: &str = "default";
