@@ -1,6 +1,8 @@
 //! The loop that feeds the pure core and carries out what it decides. One pass: collect the API,
 //! node and disk views, sanitize every parent, [`decide`], then write, activate, deactivate and
 //! remove through the [`Store`], reporting each state change once in logs, metrics and Events.
+//! Every rule (which pods, which checkpoints, replaced or not, which tokens) is in the core's
+//! [`plan`]; this file only gathers, calls and carries out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -8,18 +10,20 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Client, ResourceExt};
+use kube::Client;
+use pod_checkpointer_core::plan::{self, Scope, Views, key_of};
 
 use crate::cri::CriClient;
-use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
+use crate::decide::{self, Action, DeactivateReason, Inputs, OnDiskState};
 use crate::metrics::Metrics;
 use crate::model::{Observation, PodKey};
 use crate::poller::SharedNodeView;
-use crate::sanitize::{self, Checkpoint, Objects, Refusal, Warning};
+use crate::sanitize::{self, Checkpoint, Objects, Refusal};
 use crate::store::{DiskView, StateFile, Store};
-use crate::watch::{
-    Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens, owned_by_daemonset,
-};
+use crate::watch::{Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens};
+
+/// Kept for callers of the old path; the rule lives in the core.
+pub use pod_checkpointer_core::plan::started_here;
 
 /// What the reconciler needs to know about its place in the cluster.
 #[derive(Clone, Debug)]
@@ -130,17 +134,7 @@ impl Reconciler {
             .set(i64::from(api_pods.is_some()));
 
         // Parents: the API's when it answers; else what the kubelet still knows.
-        let parents: Vec<Arc<Pod>> = match &api_pods {
-            Some(pods) => pods.iter().filter(|p| self.wanted(p)).cloned().collect(),
-            None => match &node.kubelet_pods {
-                Observation::Known(pods) => pods
-                    .iter()
-                    .filter(|p| self.wanted(p))
-                    .map(|p| Arc::new(p.clone()))
-                    .collect(),
-                Observation::Unknown => Vec::new(),
-            },
-        };
+        let parents = scope_of(&self.settings).parents(api_pods.as_deref(), &node.kubelet_pods);
         if api_pods.is_some() {
             // Remember parents after they leave the API: their removal is reported on them.
             for p in &parents {
@@ -158,15 +152,9 @@ impl Reconciler {
             let key = key_of(parent);
             match self.sanitize(parent, &key) {
                 Ok(cp) => {
-                    let offline_token = cp
-                        .warnings
-                        .iter()
-                        .any(|w| matches!(w, Warning::TokenUnavailable { .. }));
-                    // Never replace a checkpoint holding a token by one without.
-                    if offline_token && disk.checkpoints.contains_key(&key) {
-                        continue;
+                    if !plan::loses_token(&cp, disk.checkpoints.contains_key(&key)) {
+                        checkpoints.insert(key, cp);
                     }
-                    checkpoints.insert(key, cp);
                 }
                 Err(Skip::Waiting) => {}
                 Err(Skip::Refused(r)) => {
@@ -176,53 +164,35 @@ impl Reconciler {
         }
         self.report_refusals(refused);
 
-        let api_view = api_pods.as_ref().map(|_| {
-            parents
-                .iter()
-                .map(|p| {
-                    (
-                        key_of(p),
-                        ApiParent {
-                            started_here: started_here(p),
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>()
-        });
-        let api_view = match api_view {
-            Some(v) => Observation::Known(v),
-            None => Observation::Unknown,
+        let views = Views::new(
+            api_pods.is_some(),
+            &parents,
+            &checkpoints,
+            disk.checkpoints.iter().map(|(k, d)| {
+                let state = OnDiskState {
+                    inactive: d.inactive.is_some(),
+                    active: d.active.is_some(),
+                };
+                (k.clone(), state)
+            }),
+        );
+        let replaced = api_pods.is_some() && {
+            let owner = self.store.read_state(StateFile::Owner).ok().flatten();
+            scope_of(&self.settings).replaced(&parents, owner.as_deref())
         };
-        let desired: BTreeMap<PodKey, u64> = checkpoints
-            .iter()
-            .map(|(k, cp)| (k.clone(), cp.digest()))
-            .collect();
-        let on_disk: BTreeMap<PodKey, OnDiskState> = disk
-            .checkpoints
-            .iter()
-            .map(|(k, d)| {
-                (
-                    k.clone(),
-                    OnDiskState {
-                        inactive: d.inactive.is_some(),
-                        active: d.active.is_some(),
-                    },
-                )
-            })
-            .collect();
         let decision = decide::decide(&Inputs {
             now: Timestamp::now(),
             grace: self.settings.grace,
             node_name: &self.settings.node_name,
             me: self.settings.me.as_ref(),
-            api: &api_view,
+            api: &views.api,
             running: &node.running,
-            desired: &desired,
+            desired: &views.desired,
             written: &self.written,
-            disk: &on_disk,
+            disk: &views.disk,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
-            replaced: api_pods.is_some() && self.replaced(&parents),
+            replaced,
         });
 
         let deadlines_before = self.deadlines.clone();
@@ -291,43 +261,9 @@ impl Reconciler {
         }
     }
 
-    /// Whether a newer pod of the agent's own DaemonSet is listed on this node: the agent was
-    /// replaced (a rolling update), not removed, so only its own checkpoint should go.
-    fn replaced(&self, parents: &[Arc<Pod>]) -> bool {
-        let Some(me) = &self.settings.me else {
-            return false;
-        };
-        let Some(owner) = self.store.read_state(StateFile::Owner).ok().flatten() else {
-            return false;
-        };
-        parents.iter().any(|p| {
-            let key = key_of(p);
-            key != *me && key.namespace == me.namespace && owned_by_daemonset(p, &owner)
-        })
-    }
-
-    fn manages(&self, key: &PodKey) -> bool {
-        self.settings.namespaces.is_empty()
-            || self.settings.namespaces.contains(&key.namespace)
-            || Some(key) == self.settings.me.as_ref()
-    }
-
-    /// A parent bound here, in an allowed namespace.
-    fn wanted(&self, pod: &Pod) -> bool {
-        let ns_ok = self.settings.namespaces.is_empty()
-            || pod
-                .namespace()
-                .is_some_and(|ns| self.settings.namespaces.contains(&ns));
-        let node_ok = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_none_or(|n| n == self.settings.node_name);
-        ns_ok && node_ok && sanitize::is_parent(pod)
-    }
-
     /// Keeps object watches on exactly what the parents reference, and their tokens fresh.
     async fn fetch_references(&mut self, parents: &[Arc<Pod>], api_up: bool) {
+        let scope = scope_of(&self.settings);
         let Some(api) = self.api.as_mut() else {
             return;
         };
@@ -338,7 +274,8 @@ impl Reconciler {
         let mut wanted = BTreeSet::new();
         let mut keys = BTreeSet::new();
         for parent in parents {
-            let ns = parent.namespace().unwrap_or_default();
+            let key = key_of(parent);
+            let ns = &key.namespace;
             let refs = sanitize::references(parent);
             for name in refs.secrets {
                 wanted.insert(ObjectRef {
@@ -355,12 +292,12 @@ impl Reconciler {
                 });
             }
             if !refs.tokens.is_empty() {
-                let bind = Some(&key_of(parent)) != self.settings.me.as_ref();
+                let bind = scope.binds_token(&key);
                 api.tokens
                     .refresh(&api.client, parent, &refs.tokens, bind, &self.metrics)
                     .await;
             }
-            keys.insert(key_of(parent));
+            keys.insert(key);
         }
         api.objects.ensure(&wanted);
         api.tokens.retain(&keys);
@@ -408,7 +345,8 @@ impl Reconciler {
     fn scan(&self) -> DiskView {
         match self.store.scan() {
             Ok(mut view) => {
-                view.checkpoints.retain(|k, _| self.manages(k));
+                let scope = scope_of(&self.settings);
+                view.checkpoints.retain(|k, _| scope.manages(k));
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
@@ -591,6 +529,15 @@ fn mtime_seconds(path: &std::path::Path) -> Option<f64> {
     Some(since.as_secs_f64())
 }
 
+/// Where this agent works, as the core's rules take it.
+fn scope_of(settings: &Settings) -> Scope<'_> {
+    Scope {
+        node_name: &settings.node_name,
+        namespaces: &settings.namespaces,
+        me: settings.me.as_ref(),
+    }
+}
+
 /// A failed action, ready for a log line.
 struct ActionError {
     reason: &'static str,
@@ -603,66 +550,5 @@ impl ActionError {
             reason: e.reason(),
             message: e.to_string(),
         }
-    }
-}
-
-fn key_of(pod: &Pod) -> PodKey {
-    PodKey::new(pod.namespace().unwrap_or_default(), pod.name_any())
-}
-
-/// Whether the API's status says the pod has ever started a container on this node. A parent
-/// still pulling its image has not; activating a copy beside it would fight it for ports.
-pub fn started_here(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    if status.phase.as_deref() == Some("Running") {
-        return true;
-    }
-    status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .any(|c| {
-            let ran = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
-                s.as_ref()
-                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-            };
-            c.restart_count > 0 || ran(&c.state) || ran(&c.last_state)
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "kube-system"},
-            "status": status
-        }))
-        .expect("valid pod")
-    }
-
-    #[test]
-    fn started_here_reads_the_status() {
-        assert!(!started_here(&pod(serde_json::json!({}))));
-        assert!(!started_here(&pod(serde_json::json!({
-            "phase": "Pending",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "ErrImagePull"}}}]
-        }))));
-        assert!(started_here(&pod(serde_json::json!({"phase": "Running"}))));
-        assert!(started_here(&pod(serde_json::json!({
-            "phase": "Pending",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
-        }))));
-        assert!(started_here(&pod(serde_json::json!({
-            "phase": "Failed",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 1}}}]
-        }))));
     }
 }
