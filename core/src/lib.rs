@@ -10,6 +10,8 @@
 //!   agent manages, when the agent was replaced) and the views it takes;
 //! - `fixtures` (tests and the `fixtures` feature only): pod and decision-world builders.
 
+#![warn(missing_docs)]
+
 pub mod decide;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
