@@ -9,16 +9,17 @@
 //!
 //! Every row has a wall-clock budget, so the whole run stays well under a minute on 2 cores.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use pod_checkpointer::decide::{self, ApiParent, Inputs, OnDiskState};
-use pod_checkpointer::model::{KeyData, Layout, Observation, PodKey};
+use pod_checkpointer::decide::{self, OnDiskState};
+use pod_checkpointer::model::{KeyData, Layout, PodKey};
 use pod_checkpointer::sanitize::{self, Checkpoint, Objects, SideEntry, TokenSpec};
 use pod_checkpointer::store::{Store, WriteOutcome};
+use pod_checkpointer_core::fixtures::{PodBuilder, World};
 use serde_json::json;
 
 /// Target duration of one batch of a fast operation.
@@ -350,23 +351,14 @@ fn parent(name: &str) -> Pod {
     .map(|s| (*s).to_owned())
     .collect();
     args.insert(0, "kube-apiserver".to_owned());
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "kube-system",
-            "uid": "5b0c8f8e-2f8d-4f6c-9d1e-0c1f4a8b9e21",
-            "resourceVersion": "123456",
-            "labels": {"component": "kube-apiserver", "tier": "control-plane", "k8s-app": name},
-            "annotations": {
-                "checkpointer.alpha.coreos.com/checkpoint": "true",
-                "kubectl.kubernetes.io/default-container": "kube-apiserver",
-            },
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": name,
-                                 "uid": "0d6a2b3c-1111-2222-3333-444455556666", "controller": true}],
-        },
-        "spec": {
+    PodBuilder::parent("kube-system", name)
+        .uid("5b0c8f8e-2f8d-4f6c-9d1e-0c1f4a8b9e21")
+        .label("component", "kube-apiserver")
+        .label("tier", "control-plane")
+        .label("k8s-app", name)
+        .annotation("kubectl.kubernetes.io/default-container", "kube-apiserver")
+        .owner("DaemonSet", name, "0d6a2b3c-1111-2222-3333-444455556666", true)
+        .spec(json!({
             "nodeName": "cp-node-1",
             "hostNetwork": true,
             "dnsPolicy": "ClusterFirstWithHostNet",
@@ -415,10 +407,9 @@ fn parent(name: &str) -> Pod {
                     {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
                 ]}},
             ],
-        },
-        "status": {"phase": "Running", "podIP": "10.0.0.10", "hostIP": "10.0.0.10"},
-    }))
-    .expect("the fixture is a valid Pod")
+        }))
+        .status(json!({"phase": "Running", "podIP": "10.0.0.10", "hostIP": "10.0.0.10"}))
+        .build()
 }
 
 fn checkpoint_of(name: &str, rotation: u64, layout: &Layout) -> Checkpoint {
@@ -426,90 +417,46 @@ fn checkpoint_of(name: &str, rotation: u64, layout: &Layout) -> Checkpoint {
         .expect("the fixture is checkpointable")
 }
 
-/// Inputs for `decide` over `n` checkpoints, with a mix of states cycling every 8 keys:
+/// A world for `decide` over `n` checkpoints, with a mix of states cycling every 8 keys:
 /// steady, changed digest, missing inactive file, active while the parent runs again, active and
 /// stopped, merely starting, dropped from the API (new grace), and past its deadline.
-struct DecideWorld {
-    api: Observation<BTreeMap<PodKey, ApiParent>>,
-    running: Observation<BTreeSet<PodKey>>,
-    desired: BTreeMap<PodKey, u64>,
-    written: BTreeMap<PodKey, u64>,
-    disk: BTreeMap<PodKey, OnDiskState>,
-    deadlines: BTreeMap<PodKey, jiff::Timestamp>,
-    now: jiff::Timestamp,
-}
-
-impl DecideWorld {
-    fn new(n: usize, api_up: bool) -> Self {
-        let now = jiff::Timestamp::from_second(1_700_000_000).expect("valid time");
-        let mut w = Self {
-            api: Observation::Unknown,
-            running: Observation::Unknown,
-            desired: BTreeMap::new(),
-            written: BTreeMap::new(),
-            disk: BTreeMap::new(),
-            deadlines: BTreeMap::new(),
-            now,
-        };
-        let mut listed = BTreeMap::new();
-        let mut running = BTreeSet::new();
-        for i in 0..n {
-            let key = PodKey::new("kube-system", format!("control-plane-{i:03}"));
-            let state = i % 8;
-            let digest = 0x1234_5678_u64.wrapping_mul(i as u64 + 1);
-            if state != 7 {
-                w.desired.insert(key.clone(), digest);
-            }
-            w.written
-                .insert(key.clone(), if state == 1 { digest ^ 1 } else { digest });
-            if state != 2 {
-                w.disk.insert(
-                    key.clone(),
-                    OnDiskState {
-                        inactive: true,
-                        active: matches!(state, 3 | 4 | 7),
-                    },
-                );
-            }
-            if matches!(state, 0 | 3 | 5) {
-                running.insert(key.clone());
-            }
-            if state < 6 {
-                listed.insert(
-                    key.clone(),
-                    ApiParent {
-                        started_here: state != 5,
-                    },
-                );
-            }
-            if state == 7 {
-                w.deadlines
-                    .insert(key, now - jiff::SignedDuration::from_secs(5));
-            }
-        }
-        if api_up {
-            w.api = Observation::Known(listed);
-        }
-        w.running = Observation::Known(running);
-        w
+fn decide_world(n: usize, api_up: bool) -> World {
+    let mut w = World::new()
+        .node("cp-node-1")
+        .grace(Duration::from_secs(600));
+    if api_up {
+        w = w.api_up();
     }
-
-    fn inputs(&self) -> Inputs<'_> {
-        Inputs {
-            now: self.now,
-            grace: Duration::from_secs(600),
-            node_name: "cp-node-1",
-            me: None,
-            api: &self.api,
-            running: &self.running,
-            desired: &self.desired,
-            written: &self.written,
-            disk: &self.disk,
-            deadlines: &self.deadlines,
-            uninstalling: false,
-            replaced: false,
+    for i in 0..n {
+        let key = PodKey::new("kube-system", format!("control-plane-{i:03}"));
+        let state = i % 8;
+        let digest = 0x1234_5678_u64.wrapping_mul(i as u64 + 1);
+        if state != 7 {
+            w = w.desired(&key, digest);
+        }
+        w = w.written(&key, if state == 1 { digest ^ 1 } else { digest });
+        if state != 2 {
+            let active = matches!(state, 3 | 4 | 7);
+            w = w.on_disk(
+                &key,
+                OnDiskState {
+                    inactive: true,
+                    active,
+                },
+            );
+        }
+        if matches!(state, 0 | 3 | 5) {
+            w = w.running(&key);
+        }
+        if state < 6 && api_up {
+            w = w.listed(&key, state != 5);
+        }
+        if state == 7 {
+            let past = w.now - jiff::SignedDuration::from_secs(5);
+            w = w.deadline(&key, past);
         }
     }
+    w
 }
 
 /// A prepared, empty layout under `root`.
@@ -582,8 +529,8 @@ fn main() {
                 if n == 1 { "" } else { "s" },
                 if api_up { "up" } else { "down" }
             );
-            let world = DecideWorld::new(n, api_up);
-            let decision = decide::decide(&world.inputs());
+            let world = decide_world(n, api_up);
+            let decision = world.decide();
             notes.push(format!("{name}: {} actions", decision.actions.len()));
             worlds.push((name, world));
         }

@@ -1,13 +1,13 @@
 //! pod-checkpointer: keeps annotated pods recoverable on a node while the API server is away.
 //!
 //! Every decision lives in the pure core crate, `pod-checkpointer-core` ([`model`],
-//! [`sanitize`], [`decide`]), which cannot do I/O. This crate is the shell around it: [`watch`]
+//! [`sanitize`], [`plan`], [`decide`]), which cannot do I/O; `ARCHITECTURE.md` draws the layout. This crate is the shell around it: [`watch`]
 //! (API server), [`cri`], [`kubelet`] and [`poller`] (the node), [`store`] and [`lock`] (the
 //! disk), [`admin`], [`metrics`] and [`telemetry`] (operators), [`reconciler`] (the loop that
 //! feeds the core and carries out what it decides) and [`agent`] (wiring). [`offline`] holds
 //! the `render` and `status` subcommands.
 
-pub use pod_checkpointer_core::{decide, model, sanitize};
+pub use pod_checkpointer_core::{decide, model, plan, sanitize};
 
 pub mod admin;
 pub mod agent;

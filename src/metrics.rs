@@ -17,6 +17,9 @@ pub struct Metrics {
     pub activated_timestamp: GaugeVec,
     /// Checkpoints put in the static pod directory: each one means a parent was down.
     pub activations: IntCounter,
+    /// Predecessor copies run again because their successor was not Ready in time (SPEC §4
+    /// "Fallback"): each one is a failed update of a self-hosted component worth a look.
+    pub fallbacks: IntCounter,
     /// Checkpoints taken out of it, by reason (`parent_running`, `removal`).
     pub deactivations: IntCounterVec,
     /// Checkpoints deleted with their files, so operators can see clean-ups happen.
@@ -65,6 +68,10 @@ impl Metrics {
             activations: IntCounter::with_opts(opts(
                 "activations_total",
                 "Checkpoints put in the static pod directory.",
+            ))?,
+            fallbacks: IntCounter::with_opts(opts(
+                "fallbacks_total",
+                "Checkpoints activated again because the successor that replaced their parent was not Ready within the fallback timeout.",
             ))?,
             deactivations: IntCounterVec::new(
                 opts(
@@ -136,7 +143,7 @@ impl Metrics {
         for state in ["inactive", "active", "grace"] {
             m.checkpoints.with_label_values(&[state]).set(0);
         }
-        for reason in ["parent_running", "removal"] {
+        for reason in ["parent_running", "removal", "replaced"] {
             m.deactivations.with_label_values(&[reason]);
         }
         Ok(m)
@@ -147,6 +154,7 @@ impl Metrics {
         r.register(Box::new(self.checkpoints.clone()))?;
         r.register(Box::new(self.activated_timestamp.clone()))?;
         r.register(Box::new(self.activations.clone()))?;
+        r.register(Box::new(self.fallbacks.clone()))?;
         r.register(Box::new(self.deactivations.clone()))?;
         r.register(Box::new(self.removals.clone()))?;
         r.register(Box::new(self.api_reachable.clone()))?;

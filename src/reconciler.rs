@@ -1,25 +1,29 @@
 //! The loop that feeds the pure core and carries out what it decides. One pass: collect the API,
 //! node and disk views, sanitize every parent, [`decide`], then write, activate, deactivate and
 //! remove through the [`Store`], reporting each state change once in logs, metrics and Events.
+//! Every rule (which pods, which checkpoints, replaced or not, which tokens) is in the core's
+//! [`plan`]; this file only gathers, calls and carries out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Client, ResourceExt};
+use kube::Client;
+use pod_checkpointer_core::plan::{self, Scope, Views, key_of};
 
 use crate::cri::CriClient;
-use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState};
+use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState, Yield};
 use crate::metrics::Metrics;
 use crate::model::{Observation, PodKey};
 use crate::poller::SharedNodeView;
-use crate::sanitize::{self, Checkpoint, Objects, Refusal, Warning};
+use crate::sanitize::{self, Checkpoint, Objects, Refusal};
 use crate::store::{DiskView, StateFile, Store};
-use crate::watch::{
-    Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens, owned_by_daemonset,
-};
+use crate::watch::{Events, ObjectKind, ObjectRef, ObjectState, ObjectWatches, PodWatch, Tokens};
+
+/// Kept for callers of the old path; the rule lives in the core.
+pub use pod_checkpointer_core::plan::started_here;
 
 /// What the reconciler needs to know about its place in the cluster.
 #[derive(Clone, Debug)]
@@ -30,6 +34,8 @@ pub struct Settings {
     pub grace: Duration,
     /// Namespaces to checkpoint; empty means all.
     pub namespaces: Vec<String>,
+    /// How long a successor that made a copy yield has to become Ready (SPEC §4 "Fallback").
+    pub fallback_timeout: Duration,
 }
 
 /// The API-facing parts; absent only in tests of the offline paths.
@@ -64,6 +70,8 @@ pub struct Reconciler {
     api: Option<ApiSide>,
     written: BTreeMap<PodKey, u64>,
     deadlines: BTreeMap<PodKey, Timestamp>,
+    /// Checkpoints that yielded to a successor, and how that stands.
+    yields: BTreeMap<PodKey, Yield>,
     refused: BTreeMap<PodKey, Refusal>,
     /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
     api_pods: BTreeMap<PodKey, Arc<Pod>>,
@@ -94,6 +102,7 @@ impl Reconciler {
             api,
             written: BTreeMap::new(),
             deadlines,
+            yields: BTreeMap::new(),
             refused: BTreeMap::new(),
             api_pods: BTreeMap::new(),
             synced_once: false,
@@ -130,17 +139,7 @@ impl Reconciler {
             .set(i64::from(api_pods.is_some()));
 
         // Parents: the API's when it answers; else what the kubelet still knows.
-        let parents: Vec<Arc<Pod>> = match &api_pods {
-            Some(pods) => pods.iter().filter(|p| self.wanted(p)).cloned().collect(),
-            None => match &node.kubelet_pods {
-                Observation::Known(pods) => pods
-                    .iter()
-                    .filter(|p| self.wanted(p))
-                    .map(|p| Arc::new(p.clone()))
-                    .collect(),
-                Observation::Unknown => Vec::new(),
-            },
-        };
+        let parents = scope_of(&self.settings).parents(api_pods.as_deref(), &node.kubelet_pods);
         if api_pods.is_some() {
             // Remember parents after they leave the API: their removal is reported on them.
             for p in &parents {
@@ -158,15 +157,9 @@ impl Reconciler {
             let key = key_of(parent);
             match self.sanitize(parent, &key) {
                 Ok(cp) => {
-                    let offline_token = cp
-                        .warnings
-                        .iter()
-                        .any(|w| matches!(w, Warning::TokenUnavailable { .. }));
-                    // Never replace a checkpoint holding a token by one without.
-                    if offline_token && disk.checkpoints.contains_key(&key) {
-                        continue;
+                    if !plan::loses_token(&cp, disk.checkpoints.contains_key(&key)) {
+                        checkpoints.insert(key, cp);
                     }
-                    checkpoints.insert(key, cp);
                 }
                 Err(Skip::Waiting) => {}
                 Err(Skip::Refused(r)) => {
@@ -176,53 +169,43 @@ impl Reconciler {
         }
         self.report_refusals(refused);
 
-        let api_view = api_pods.as_ref().map(|_| {
-            parents
-                .iter()
-                .map(|p| {
-                    (
-                        key_of(p),
-                        ApiParent {
-                            started_here: started_here(p),
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>()
-        });
-        let api_view = match api_view {
-            Some(v) => Observation::Known(v),
-            None => Observation::Unknown,
+        let views = Views::new(
+            api_pods.is_some(),
+            &parents,
+            &checkpoints,
+            disk.checkpoints.iter().map(|(k, d)| {
+                let state = OnDiskState {
+                    inactive: d.inactive.is_some(),
+                    active: d.active.is_some(),
+                };
+                (k.clone(), state)
+            }),
+        );
+        let replaced = api_pods.is_some() && {
+            let owner = self.store.read_state(StateFile::Owner).ok().flatten();
+            scope_of(&self.settings).replaced(&parents, owner.as_deref())
         };
-        let desired: BTreeMap<PodKey, u64> = checkpoints
-            .iter()
-            .map(|(k, cp)| (k.clone(), cp.digest()))
-            .collect();
-        let on_disk: BTreeMap<PodKey, OnDiskState> = disk
-            .checkpoints
-            .iter()
-            .map(|(k, d)| {
-                (
-                    k.clone(),
-                    OnDiskState {
-                        inactive: d.inactive.is_some(),
-                        active: d.active.is_some(),
-                    },
-                )
-            })
+        let kubelet = plan::kubelet_parents(&scope_of(&self.settings), &node.kubelet_pods);
+        let remembered: BTreeMap<PodKey, ApiParent> = (self.api_pods.iter())
+            .map(|(k, p)| (k.clone(), plan::facts(p)))
             .collect();
         let decision = decide::decide(&Inputs {
             now: Timestamp::now(),
             grace: self.settings.grace,
             node_name: &self.settings.node_name,
             me: self.settings.me.as_ref(),
-            api: &api_view,
+            api: &views.api,
+            kubelet: &kubelet,
+            remembered: &remembered,
+            yields: &self.yields,
+            fallback_timeout: self.settings.fallback_timeout,
             running: &node.running,
-            desired: &desired,
+            desired: &views.desired,
             written: &self.written,
-            disk: &on_disk,
+            disk: &views.disk,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
-            replaced: api_pods.is_some() && self.replaced(&parents),
+            replaced,
         });
 
         let deadlines_before = self.deadlines.clone();
@@ -291,43 +274,9 @@ impl Reconciler {
         }
     }
 
-    /// Whether a newer pod of the agent's own DaemonSet is listed on this node: the agent was
-    /// replaced (a rolling update), not removed, so only its own checkpoint should go.
-    fn replaced(&self, parents: &[Arc<Pod>]) -> bool {
-        let Some(me) = &self.settings.me else {
-            return false;
-        };
-        let Some(owner) = self.store.read_state(StateFile::Owner).ok().flatten() else {
-            return false;
-        };
-        parents.iter().any(|p| {
-            let key = key_of(p);
-            key != *me && key.namespace == me.namespace && owned_by_daemonset(p, &owner)
-        })
-    }
-
-    fn manages(&self, key: &PodKey) -> bool {
-        self.settings.namespaces.is_empty()
-            || self.settings.namespaces.contains(&key.namespace)
-            || Some(key) == self.settings.me.as_ref()
-    }
-
-    /// A parent bound here, in an allowed namespace.
-    fn wanted(&self, pod: &Pod) -> bool {
-        let ns_ok = self.settings.namespaces.is_empty()
-            || pod
-                .namespace()
-                .is_some_and(|ns| self.settings.namespaces.contains(&ns));
-        let node_ok = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_none_or(|n| n == self.settings.node_name);
-        ns_ok && node_ok && sanitize::is_parent(pod)
-    }
-
     /// Keeps object watches on exactly what the parents reference, and their tokens fresh.
     async fn fetch_references(&mut self, parents: &[Arc<Pod>], api_up: bool) {
+        let scope = scope_of(&self.settings);
         let Some(api) = self.api.as_mut() else {
             return;
         };
@@ -338,7 +287,8 @@ impl Reconciler {
         let mut wanted = BTreeSet::new();
         let mut keys = BTreeSet::new();
         for parent in parents {
-            let ns = parent.namespace().unwrap_or_default();
+            let key = key_of(parent);
+            let ns = &key.namespace;
             let refs = sanitize::references(parent);
             for name in refs.secrets {
                 wanted.insert(ObjectRef {
@@ -355,12 +305,12 @@ impl Reconciler {
                 });
             }
             if !refs.tokens.is_empty() {
-                let bind = Some(&key_of(parent)) != self.settings.me.as_ref();
+                let bind = scope.binds_token(&key);
                 api.tokens
                     .refresh(&api.client, parent, &refs.tokens, bind, &self.metrics)
                     .await;
             }
-            keys.insert(key_of(parent));
+            keys.insert(key);
         }
         api.objects.ensure(&wanted);
         api.tokens.retain(&keys);
@@ -408,7 +358,8 @@ impl Reconciler {
     fn scan(&self) -> DiskView {
         match self.store.scan() {
             Ok(mut view) => {
-                view.checkpoints.retain(|k, _| self.manages(k));
+                let scope = scope_of(&self.settings);
+                view.checkpoints.retain(|k, _| scope.manages(k));
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
@@ -467,6 +418,7 @@ impl Reconciler {
                 let label = match reason {
                     DeactivateReason::ParentRunning => "parent_running",
                     DeactivateReason::Removal => "removal",
+                    DeactivateReason::Replaced => "replaced",
                 };
                 self.metrics.deactivations.with_label_values(&[label]).inc();
                 tracing::info!(
@@ -483,6 +435,9 @@ impl Reconciler {
                     DeactivateReason::Removal => {
                         "The parent is no longer scheduled on this node; its checkpoint was deactivated before removal."
                     }
+                    DeactivateReason::Replaced => {
+                        "A newer pod of the same controller started on this node; the checkpoint yielded its ports to it."
+                    }
                 };
                 self.event(&key, "CheckpointDeactivated", "Deactivate", note);
             }
@@ -498,6 +453,36 @@ impl Reconciler {
                 );
                 self.event(&key, "CheckpointRemoved", "Remove", "The parent is no longer scheduled on this node; its checkpoint and files were removed.");
                 self.api_pods.remove(&key);
+                self.yields.remove(&key);
+            }
+            Action::SetYield(_, state) => {
+                let successor = state.successor.as_str();
+                match (state.ready_seen, state.fell_back) {
+                    (true, _) => tracing::info!(
+                        namespace = ns,
+                        pod,
+                        action = "yield",
+                        successor,
+                        "the successor is Ready: the checkpoint stays down and goes after the grace period"
+                    ),
+                    (false, true) => {}
+                    (false, false) => {
+                        tracing::info!(namespace = ns, pod, action = "yield", successor, fallback_at = %state.since.checked_add(self.settings.fallback_timeout).unwrap_or(Timestamp::MAX), "a successor started: the checkpoint yields to it until it is Ready or the fallback timeout ends")
+                    }
+                }
+                self.yields.insert(key.clone(), state.clone());
+            }
+            Action::Fallback(_) => {
+                self.store.activate(&key).map_err(ActionError::store)?;
+                self.metrics.activations.inc();
+                self.metrics.fallbacks.inc();
+                tracing::warn!(
+                    namespace = ns,
+                    pod,
+                    action = "fallback",
+                    "the successor was not Ready within the fallback timeout: the last known good copy runs again"
+                );
+                self.event(&key, "CheckpointFallback", "Activate", "The newer pod that replaced this one did not become Ready within the fallback timeout; the last known good checkpoint was activated again.");
             }
             Action::SetDeadline(_, at) => {
                 self.deadlines.insert(key.clone(), *at);
@@ -554,9 +539,12 @@ impl Reconciler {
                 grace += 1;
             }
             match &d.active {
-                Some(path) => {
+                Some(_) => {
                     active += 1;
-                    if let Some(secs) = mtime_seconds(path) {
+                    let since = d
+                        .active_since
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+                    if let Some(secs) = since.map(|d| d.as_secs_f64()) {
                         self.metrics
                             .activated_timestamp
                             .with_label_values(&[&key.namespace, &key.name])
@@ -584,11 +572,13 @@ pub struct Pass {
     pub checkpoints_on_disk: usize,
 }
 
-/// The time the active file was written: when the checkpoint was activated, across restarts.
-fn mtime_seconds(path: &std::path::Path) -> Option<f64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(since.as_secs_f64())
+/// Where this agent works, as the core's rules take it.
+fn scope_of(settings: &Settings) -> Scope<'_> {
+    Scope {
+        node_name: &settings.node_name,
+        namespaces: &settings.namespaces,
+        me: settings.me.as_ref(),
+    }
 }
 
 /// A failed action, ready for a log line.
@@ -603,66 +593,5 @@ impl ActionError {
             reason: e.reason(),
             message: e.to_string(),
         }
-    }
-}
-
-fn key_of(pod: &Pod) -> PodKey {
-    PodKey::new(pod.namespace().unwrap_or_default(), pod.name_any())
-}
-
-/// Whether the API's status says the pod has ever started a container on this node. A parent
-/// still pulling its image has not; activating a copy beside it would fight it for ports.
-pub fn started_here(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    if status.phase.as_deref() == Some("Running") {
-        return true;
-    }
-    status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .any(|c| {
-            let ran = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
-                s.as_ref()
-                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-            };
-            c.restart_count > 0 || ran(&c.state) || ran(&c.last_state)
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "kube-system"},
-            "status": status
-        }))
-        .expect("valid pod")
-    }
-
-    #[test]
-    fn started_here_reads_the_status() {
-        assert!(!started_here(&pod(serde_json::json!({}))));
-        assert!(!started_here(&pod(serde_json::json!({
-            "phase": "Pending",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "ErrImagePull"}}}]
-        }))));
-        assert!(started_here(&pod(serde_json::json!({"phase": "Running"}))));
-        assert!(started_here(&pod(serde_json::json!({
-            "phase": "Pending",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
-        }))));
-        assert!(started_here(&pod(serde_json::json!({
-            "phase": "Failed",
-            "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 1}}}]
-        }))));
     }
 }

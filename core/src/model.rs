@@ -18,11 +18,14 @@ pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// Identifies a parent, and therefore its checkpoint, across the API, the node and the disk.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PodKey {
+    /// The namespace, which scopes the parent's Secrets and ConfigMaps.
     pub namespace: String,
+    /// The parent's name (not the static copy's `<name>-<node>`).
     pub name: String,
 }
 
 impl PodKey {
+    /// Takes anything string-like so tests and callers need no `to_owned()`.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
@@ -51,11 +54,14 @@ impl fmt::Display for PodKey {
 /// answer" must never be mistaken for "nothing is running", so it is its own variant, not `false`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation<T> {
+    /// The source answered with this.
     Known(T),
+    /// The source did not answer; nothing may be concluded.
     Unknown,
 }
 
 impl<T> Observation<T> {
+    /// The answer, for code that treats "unknown" like "nothing known" on purpose.
     pub fn known(&self) -> Option<&T> {
         match self {
             Observation::Known(t) => Some(t),
@@ -67,7 +73,9 @@ impl<T> Observation<T> {
 /// The uid/gid that own a checkpoint's side files, so non-root containers can read them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
+    /// The pod's runAsUser, else root.
     pub uid: u32,
+    /// The pod's fsGroup, else its runAsGroup, else root.
     pub gid: u32,
 }
 

@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 
 pub use events::Events;
 pub use objects::{KeyDataSource, ObjectKind, ObjectRef, ObjectState, ObjectWatches};
-pub use owner::{OwnerWatch, owned_by_daemonset};
+pub use owner::OwnerWatch;
+/// The rule lives in the core; re-exported for callers of the old path.
+pub use pod_checkpointer_core::plan::owned_by_daemonset;
 pub use pods::PodWatch;
 pub use tokens::Tokens;
 

@@ -96,15 +96,6 @@ impl Drop for OwnerWatch {
     }
 }
 
-/// Whether `pod` belongs to the DaemonSet named `owner`.
-pub fn owned_by_daemonset(pod: &Pod, owner: &str) -> bool {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "DaemonSet" && o.name == owner)
-}
-
 /// The name of the DaemonSet that owns the pod, asking until the API answers.
 async fn daemonset_owner(client: &Client, namespace: &str, pod_name: &str) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);

@@ -208,6 +208,17 @@ fn api_unreachable_and_last_known_state_being_deleted_still_activates() {
 }
 
 #[test]
+fn parent_being_deleted_that_still_runs_gets_no_copy_even_with_the_api_down() {
+    let old = key("kube-apiserver-old");
+    let tick = Tick::new()
+        .api_down()
+        .kubelet_lists(&old, pod("u1").leaving())
+        .running(&old)
+        .inactive(&old);
+    assert_eq!(tick.actions(), vec![]);
+}
+
+#[test]
 fn finished_parent_is_not_activated_while_the_api_is_up() {
     let done = key("job-like");
     let tick = Tick::new()

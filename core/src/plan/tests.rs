@@ -1,0 +1,308 @@
+//! Table tests, one per rule of [`plan`](super).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::{PodBuilder, key};
+use crate::model::Layout;
+use crate::sanitize::Objects;
+
+fn running(status: serde_json::Value) -> Pod {
+    PodBuilder::new("kube-system", "p").status(status).build()
+}
+
+fn container_status(restarts: i32, state: serde_json::Value) -> serde_json::Value {
+    json!({"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": restarts,
+        "state": state})
+}
+
+#[test]
+fn started_here_reads_the_status() {
+    let cases = [
+        (json!({}), false),
+        (
+            json!({"phase": "Pending", "containerStatuses": [container_status(0, json!({"waiting": {"reason": "ErrImagePull"}}))]}),
+            false,
+        ),
+        (json!({"phase": "Running"}), true),
+        (
+            json!({"phase": "Pending", "containerStatuses": [container_status(2, json!({"waiting": {"reason": "CrashLoopBackOff"}}))]}),
+            true,
+        ),
+        (
+            json!({"phase": "Failed", "containerStatuses": [container_status(0, json!({"terminated": {"exitCode": 1}}))]}),
+            true,
+        ),
+        (
+            json!({"phase": "Pending", "initContainerStatuses": [container_status(0, json!({"running": {}}))]}),
+            true,
+        ),
+        (
+            json!({"phase": "Pending", "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "lastState": {"terminated": {"exitCode": 0}}}]}),
+            true,
+        ),
+    ];
+    for (status, expected) in cases {
+        assert_eq!(started_here(&running(status.clone())), expected, "{status}");
+    }
+    let no_status = PodBuilder::new("kube-system", "p").build();
+    assert!(!started_here(&no_status));
+}
+
+#[test]
+fn key_of_uses_the_name_else_the_generate_name() {
+    let cases = [
+        (
+            json!({"name": "a", "namespace": "ns"}),
+            PodKey::new("ns", "a"),
+        ),
+        (
+            json!({"generateName": "g-", "namespace": "ns"}),
+            PodKey::new("ns", "g-"),
+        ),
+        (
+            json!({"name": "a", "generateName": "g-"}),
+            PodKey::new("", "a"),
+        ),
+        (json!({}), PodKey::new("", "")),
+    ];
+    for (metadata, expected) in cases {
+        let pod = crate::fixtures::pod(json!({"metadata": metadata}));
+        assert_eq!(key_of(&pod), expected);
+    }
+}
+
+#[test]
+fn owned_by_daemonset_needs_the_kind_and_the_name() {
+    let cases = [
+        (PodBuilder::new("ns", "p"), false),
+        (
+            PodBuilder::new("ns", "p").owner("DaemonSet", "agent", "u", true),
+            true,
+        ),
+        (
+            PodBuilder::new("ns", "p").owner("DaemonSet", "other", "u", true),
+            false,
+        ),
+        (
+            PodBuilder::new("ns", "p").owner("ReplicaSet", "agent", "u", true),
+            false,
+        ),
+        (
+            PodBuilder::new("ns", "p")
+                .owner("ReplicaSet", "x", "u", true)
+                .owner("DaemonSet", "agent", "v", false),
+            true,
+        ),
+    ];
+    for (i, (pod, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            owned_by_daemonset(&pod.build(), "agent"),
+            expected,
+            "case {i}"
+        );
+    }
+}
+
+#[test]
+fn wanted_needs_an_opted_in_parent_in_scope_on_this_node() {
+    let namespaces = ["prod".to_owned()];
+    let all = Scope {
+        node_name: "n1",
+        namespaces: &[],
+        me: None,
+    };
+    let prod = Scope {
+        node_name: "n1",
+        namespaces: &namespaces,
+        me: None,
+    };
+    let cases = [
+        (PodBuilder::parent("prod", "a"), true, true),
+        (PodBuilder::parent("dev", "a"), true, false),
+        (PodBuilder::parent("prod", "a").node("n1"), true, true),
+        (PodBuilder::parent("prod", "a").node("n2"), false, false),
+        (PodBuilder::new("prod", "a"), false, false),
+        (
+            PodBuilder::parent("prod", "a").annotation("kubernetes.io/config.mirror", "x"),
+            false,
+            false,
+        ),
+    ];
+    for (i, (pod, in_all, in_prod)) in cases.into_iter().enumerate() {
+        let pod = pod.build();
+        assert_eq!(all.wanted(&pod), in_all, "case {i}, all namespaces");
+        assert_eq!(prod.wanted(&pod), in_prod, "case {i}, prod only");
+    }
+}
+
+#[test]
+fn manages_its_namespaces_and_always_its_own_checkpoint() {
+    let namespaces = ["prod".to_owned()];
+    let me = key("agent");
+    let cases = [
+        (&[][..], None, PodKey::new("any", "a"), true),
+        (&namespaces[..], None, PodKey::new("prod", "a"), true),
+        (&namespaces[..], None, PodKey::new("dev", "a"), false),
+        (&namespaces[..], None, me.clone(), false),
+        (&namespaces[..], Some(&me), me.clone(), true),
+        (&namespaces[..], Some(&me), key("other"), false),
+    ];
+    for (i, (namespaces, me, key, expected)) in cases.into_iter().enumerate() {
+        let scope = Scope {
+            node_name: "n1",
+            namespaces,
+            me,
+        };
+        assert_eq!(scope.manages(&key), expected, "case {i}");
+    }
+}
+
+#[test]
+fn parents_come_from_the_api_else_the_kubelet_else_nowhere() {
+    let scope = Scope {
+        node_name: "n1",
+        namespaces: &[],
+        me: None,
+    };
+    let from_api = vec![
+        Arc::new(PodBuilder::parent("ns", "api").build()),
+        Arc::new(PodBuilder::new("ns", "not-a-parent").build()),
+    ];
+    let kubelet = Observation::Known(vec![PodBuilder::parent("ns", "kubelet").build()]);
+    let names = |pods: Vec<Arc<Pod>>| pods.iter().map(|p| key_of(p).name).collect::<Vec<_>>();
+    assert_eq!(names(scope.parents(Some(&from_api), &kubelet)), ["api"]);
+    assert_eq!(names(scope.parents(None, &kubelet)), ["kubelet"]);
+    assert!(scope.parents(None, &Observation::Unknown).is_empty());
+    assert_eq!(
+        names(scope.parents(Some(&[]), &kubelet)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn replaced_when_a_newer_pod_of_the_agents_daemonset_is_listed() {
+    let me = PodKey::new("cp", "agent-old");
+    let pod = |ns: &str, name: &str, owner: &str| {
+        Arc::new(
+            PodBuilder::parent(ns, name)
+                .owner("DaemonSet", owner, "u", true)
+                .build(),
+        )
+    };
+    let scope = Scope {
+        node_name: "n1",
+        namespaces: &[],
+        me: Some(&me),
+    };
+    let cases = [
+        (vec![pod("cp", "agent-old", "agent")], Some("agent"), false),
+        (
+            vec![
+                pod("cp", "agent-old", "agent"),
+                pod("cp", "agent-new", "agent"),
+            ],
+            Some("agent"),
+            true,
+        ),
+        (vec![pod("cp", "agent-new", "agent")], None, false),
+        (
+            vec![pod("other", "agent-new", "agent")],
+            Some("agent"),
+            false,
+        ),
+        (vec![pod("cp", "web", "web")], Some("agent"), false),
+    ];
+    for (i, (parents, owner, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(scope.replaced(&parents, owner), expected, "case {i}");
+    }
+    let nobody = Scope { me: None, ..scope };
+    assert!(!nobody.replaced(&[pod("cp", "agent-new", "agent")], Some("agent")));
+}
+
+#[test]
+fn tokens_are_bound_except_the_agents_own() {
+    let me = key("agent");
+    let scope = Scope {
+        node_name: "n1",
+        namespaces: &[],
+        me: Some(&me),
+    };
+    assert!(!scope.binds_token(&me));
+    assert!(scope.binds_token(&key("web")));
+    let anonymous = Scope { me: None, ..scope };
+    assert!(anonymous.binds_token(&me));
+}
+
+fn token_parent() -> Pod {
+    PodBuilder::parent("prod", "web")
+        .volumes(
+            json!([{"name": "kube-api-access-x", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token"}}]}}]),
+        )
+        .build()
+}
+
+fn checkpoint(pod: &Pod, objects: &Objects) -> Checkpoint {
+    let layout = Layout::under_root(std::path::Path::new("/r"));
+    sanitize::sanitize(pod, objects, &layout).expect("checkpointable")
+}
+
+#[test]
+fn a_checkpoint_without_its_token_never_replaces_one_on_disk() {
+    let pod = token_parent();
+    let without = checkpoint(&pod, &Objects::default());
+    let mut objects = Objects::default();
+    let spec = sanitize::references(&pod)
+        .tokens
+        .into_iter()
+        .next()
+        .expect("one token");
+    objects.tokens.insert(spec, "t".to_owned());
+    let with = checkpoint(&pod, &objects);
+    let cases = [
+        (&without, true, true),
+        (&without, false, false),
+        (&with, true, false),
+        (&with, false, false),
+    ];
+    for (i, (cp, on_disk, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(loses_token(cp, on_disk), expected, "case {i}");
+    }
+}
+
+#[test]
+fn views_build_what_decide_borrows() {
+    let started = PodBuilder::parent("prod", "a")
+        .spec(json!({"containers": [{"name": "app", "image": "app:1"}]}))
+        .status(json!({"phase": "Running"}))
+        .build();
+    let starting = PodBuilder::parent("prod", "b")
+        .status(json!({"phase": "Pending"}))
+        .build();
+    let parents = vec![Arc::new(started.clone()), Arc::new(starting)];
+    let cp = checkpoint(&started, &Objects::default());
+    let checkpoints = BTreeMap::from([(cp.key.clone(), cp.clone())]);
+    let on_disk = OnDiskState {
+        inactive: true,
+        active: false,
+    };
+    let disk = [(PodKey::new("prod", "c"), on_disk)];
+
+    let up = Views::new(true, &parents, &checkpoints, disk.clone());
+    let listed = BTreeMap::from([
+        (PodKey::new("prod", "a"), facts(&parents[0])),
+        (PodKey::new("prod", "b"), facts(&parents[1])),
+    ]);
+    assert_eq!(up.api, Observation::Known(listed));
+    assert_eq!(up.desired, BTreeMap::from([(cp.key.clone(), cp.digest())]));
+    assert_eq!(up.disk, BTreeMap::from(disk.clone()));
+
+    let down = Views::new(false, &parents, &checkpoints, disk);
+    assert_eq!(down.api, Observation::Unknown);
+    assert_eq!(down.desired, up.desired);
+}

@@ -1,0 +1,393 @@
+//! Secret and configMap volumes, and the paths and names a hostile pod could abuse.
+
+use super::*;
+
+#[test]
+fn plain_secret_volumes_share_the_object_directory() {
+    let parent = with_volumes(json!([
+        {"name": "a", "secret": {"secretName": "tls"}},
+        {"name": "b", "secret": {"secretName": "tls", "defaultMode": 0o644}},
+    ]));
+    let objects = objects(
+        &[("tls", data(&[("tls.key", b"KEY"), ("tls.crt", b"CRT")]))],
+        &[],
+    );
+    let checkpoint = ok(&parent, &objects);
+    let d = format!("{SEC}/tls");
+    assert_eq!(
+        checkpoint.files,
+        vec![
+            dir(&d),
+            file(&format!("{d}/tls.crt"), b"CRT", 0o644),
+            file(&format!("{d}/tls.key"), b"KEY", 0o644)
+        ]
+    );
+    assert_eq!(volume(&checkpoint, "a"), host_path("a", &d));
+    assert_eq!(volume(&checkpoint, "b"), host_path("b", &d));
+}
+
+#[test]
+fn secret_items_and_modes_get_their_own_directory() {
+    let parent = with_volumes(
+        json!([{"name": "creds", "secret": {"secretName": "db", "defaultMode": 0o400, "items": [
+            {"key": "user", "path": "user"},
+            {"key": "pass", "path": "nested/pass", "mode": 0o600},
+        ]}}]),
+    );
+    let objects = objects(
+        &[(
+            "db",
+            data(&[("user", b"u"), ("pass", b"p"), ("unused", b"x")]),
+        )],
+        &[],
+    );
+    let checkpoint = ok(&parent, &objects);
+    let d = format!("{SEC}/_volume-creds");
+    assert_eq!(
+        checkpoint.files,
+        vec![
+            dir(&d),
+            dir(&format!("{d}/nested")),
+            file(&format!("{d}/nested/pass"), b"p", 0o600),
+            file(&format!("{d}/user"), b"u", 0o400),
+        ]
+    );
+    assert_eq!(volume(&checkpoint, "creds"), host_path("creds", &d));
+}
+
+#[test]
+fn secret_with_other_default_mode_gets_its_own_directory() {
+    let parent = with_volumes(
+        json!([{"name": "keys", "secret": {"secretName": "tls", "defaultMode": 0o1600}}]),
+    );
+    let objects = objects(&[("tls", data(&[("tls.key", b"KEY")]))], &[]);
+    let checkpoint = ok(&parent, &objects);
+    let d = format!("{SEC}/_volume-keys");
+    assert_eq!(
+        checkpoint.files,
+        vec![dir(&d), file(&format!("{d}/tls.key"), b"KEY", 0o600)]
+    );
+}
+
+#[test]
+fn optional_missing_secret_yields_an_empty_directory() {
+    let parent =
+        with_volumes(json!([{"name": "v", "secret": {"secretName": "maybe", "optional": true}}]));
+    let checkpoint = ok(&parent, &Objects::default());
+    assert_eq!(checkpoint.files, vec![dir(&format!("{SEC}/maybe"))]);
+    assert_eq!(
+        volume(&checkpoint, "v"),
+        host_path("v", &format!("{SEC}/maybe"))
+    );
+}
+
+#[test]
+fn required_missing_secret_is_refused() {
+    let parent = with_volumes(json!([{"name": "v", "secret": {"secretName": "gone"}}]));
+    let refusal = sanitize(&parent, &Objects::default(), &layout()).expect_err("must be refused");
+    assert_eq!(
+        refusal,
+        Refusal::MissingObject {
+            kind: "secret",
+            namespace: "prod".into(),
+            name: "gone".into(),
+            needed_by: "volume \"v\"".into(),
+        }
+    );
+    assert_eq!(refusal.reason(), "missing_object");
+    assert_eq!(
+        refusal.to_string(),
+        "secret prod/gone (needed by volume \"v\") was not found and is not optional"
+    );
+}
+
+#[test]
+fn missing_item_key_is_skipped_when_optional_and_refused_otherwise() {
+    let volumes = |optional: bool| {
+        json!([{"name": "v", "configMap": {"name": "cfg", "optional": optional, "items": [
+            {"key": "present", "path": "p"}, {"key": "absent", "path": "a"}]}}])
+    };
+    let objects = objects(&[], &[("cfg", data(&[("present", b"yes")]))]);
+    let checkpoint = ok(&with_volumes(volumes(true)), &objects);
+    let d = format!("{CM}/_volume-v");
+    assert_eq!(
+        checkpoint.files,
+        vec![dir(&d), file(&format!("{d}/p"), b"yes", 0o644)]
+    );
+
+    let refusal =
+        sanitize(&with_volumes(volumes(false)), &objects, &layout()).expect_err("refused");
+    assert_eq!(
+        refusal,
+        Refusal::MissingKey {
+            kind: "configMap",
+            namespace: "prod".into(),
+            name: "cfg".into(),
+            key: "absent".into(),
+            needed_by: "volume \"v\"".into(),
+        }
+    );
+    assert_eq!(refusal.reason(), "missing_key");
+}
+
+#[test]
+fn configmap_binary_data_is_written_byte_for_byte() {
+    let parent = with_volumes(json!([{"name": "v", "configMap": {"name": "blobs"}}]));
+    let blob: &[u8] = &[0, 159, 146, 150, 255];
+    let objects = objects(
+        &[],
+        &[("blobs", data(&[("blob.bin", blob), ("text", b"hi")]))],
+    );
+    let checkpoint = ok(&parent, &objects);
+    let d = format!("{CM}/blobs");
+    assert_eq!(
+        checkpoint.files,
+        vec![
+            dir(&d),
+            file(&format!("{d}/blob.bin"), blob, 0o644),
+            file(&format!("{d}/text"), b"hi", 0o644)
+        ]
+    );
+    assert_eq!(volume(&checkpoint, "v"), host_path("v", &d));
+}
+
+#[test]
+fn conflicting_paths_are_refused() {
+    let parent = with_volumes(json!([{"name": "v", "secret": {"secretName": "s"}}]));
+    let objects = objects(&[("s", data(&[("a", b"1"), ("a/b", b"2")]))], &[]);
+    let refusal = sanitize(&parent, &objects, &layout()).expect_err("refused");
+    assert_eq!(
+        refusal,
+        Refusal::PathConflict {
+            path: PathBuf::from(format!("{SEC}/s/a"))
+        }
+    );
+    assert_eq!(refusal.reason(), "path_conflict");
+}
+
+#[test]
+fn converted_volume_mounts_become_read_only() {
+    let parent = parent(json!({
+        "volumes": [{"name": "cfg", "configMap": {"name": "c"}}, {"name": "scratch", "emptyDir": {}}],
+        "initContainers": [{"name": "init", "image": "i", "volumeMounts": [{"name": "cfg", "mountPath": "/c"}]}],
+        "containers": [{"name": "app", "image": "a", "volumeMounts": [
+            {"name": "cfg", "mountPath": "/c", "readOnly": false},
+            {"name": "scratch", "mountPath": "/tmp"},
+        ]}],
+    }));
+    let objects = objects(&[], &[("c", KeyData::new())]);
+    let checkpoint = ok(&parent, &objects);
+    let read_only = |c: &Container| -> Vec<Option<bool>> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.read_only)
+            .collect()
+    };
+    let spec = spec(&checkpoint);
+    assert_eq!(read_only(&spec.containers[0]), vec![Some(true), None]);
+    assert_eq!(
+        read_only(&spec.init_containers.as_ref().expect("init")[0]),
+        vec![Some(true)]
+    );
+}
+
+#[test]
+fn persistent_volume_claims_and_ephemeral_volumes_are_refused() {
+    let cases = [
+        (
+            json!({"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}}),
+            "a persistentVolumeClaim",
+        ),
+        (
+            json!({"name": "data", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}),
+            "an ephemeral volume (it claims a PersistentVolumeClaim)",
+        ),
+    ];
+    for (vol, kind) in cases {
+        let refusal = sanitize(&with_volumes(json!([vol])), &Objects::default(), &layout())
+            .expect_err("refused");
+        assert_eq!(
+            refusal,
+            Refusal::UnsupportedVolume {
+                volume: "data".into(),
+                kind: kind.into()
+            }
+        );
+        assert_eq!(refusal.reason(), "unsupported_volume");
+        assert_eq!(
+            refusal.to_string(),
+            format!("volume \"data\" is {kind}, which a static pod cannot carry")
+        );
+    }
+}
+
+#[test]
+fn hostile_names_and_paths_are_refused() {
+    let secret = objects(&[("s", data(&[("k", b"v")]))], &[]);
+    let hostile_key = |key: &str| objects(&[("s", data(&[(key, b"v")]))], &[]);
+    let item = |path: &str| {
+        with_volumes(
+            json!([{"name": "v", "secret": {"secretName": "s", "items": [{"key": "k", "path": path}]}}]),
+        )
+    };
+    let plain = with_volumes(json!([{"name": "v", "secret": {"secretName": "s"}}]));
+    let mut bad_pod_name = plain.clone();
+    bad_pod_name.metadata.name = Some("../x".into());
+    let mut bad_namespace = plain.clone();
+    bad_namespace.metadata.namespace = Some("Prod".into());
+    let cases: Vec<(&str, Pod, Objects, &str)> = vec![
+        (
+            "secret name ../x",
+            with_volumes(
+                json!([{"name": "v", "secret": {"secretName": "../x", "optional": true}}]),
+            ),
+            Objects::default(),
+            "invalid_name",
+        ),
+        (
+            "configMap name ..",
+            with_volumes(json!([{"name": "v", "configMap": {"name": ".."}}])),
+            Objects::default(),
+            "invalid_name",
+        ),
+        (
+            "empty secret name",
+            with_volumes(json!([{"name": "v", "secret": {}}])),
+            Objects::default(),
+            "invalid_name",
+        ),
+        (
+            "volume name with /",
+            with_volumes(
+                json!([{"name": "a/b", "secret": {"secretName": "s", "items": [{"key": "k", "path": "k"}]}}]),
+            ),
+            secret.clone(),
+            "invalid_name",
+        ),
+        (
+            "pod name ../x",
+            bad_pod_name,
+            secret.clone(),
+            "invalid_name",
+        ),
+        (
+            "upper-case namespace",
+            bad_namespace,
+            secret.clone(),
+            "invalid_name",
+        ),
+        (
+            "env ref name",
+            with_env(
+                json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "a/b", "key": "k"}}}]),
+                json!(null),
+            ),
+            Objects::default(),
+            "invalid_name",
+        ),
+        (
+            "absolute item path",
+            item("/etc/passwd"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        (
+            "item path ../x",
+            item("../x"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        (
+            "item path a/../../b",
+            item("a/../../b"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        (
+            "item path ..data",
+            item("..data"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        (
+            "item path a/..b",
+            item("a/..b"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        ("empty item path", item(""), secret.clone(), "unsafe_path"),
+        ("item path .", item("."), secret.clone(), "unsafe_path"),
+        (
+            "item path with NUL",
+            item("a\0b"),
+            secret.clone(),
+            "unsafe_path",
+        ),
+        (
+            "key ..data",
+            plain.clone(),
+            hostile_key("..data"),
+            "unsafe_path",
+        ),
+        (
+            "key ../../etc/cron.d/x",
+            plain.clone(),
+            hostile_key("../../etc/cron.d/x"),
+            "unsafe_path",
+        ),
+        (
+            "key /abs",
+            plain.clone(),
+            hostile_key("/abs"),
+            "unsafe_path",
+        ),
+        (
+            "token path ..",
+            with_volumes(
+                json!([{"name": "p", "projected": {"sources": [{"serviceAccountToken": {"path": "../t"}}]}}]),
+            ),
+            Objects::default(),
+            "unsafe_path",
+        ),
+        (
+            "downward path /x",
+            with_volumes(
+                json!([{"name": "p", "projected": {"sources": [{"downwardAPI": {"items": [{"path": "/x", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}]),
+            ),
+            Objects::default(),
+            "unsafe_path",
+        ),
+    ];
+    for (what, pod, objects, reason) in cases {
+        let refusal = sanitize(&pod, &objects, &layout()).expect_err(what);
+        assert_eq!(refusal.reason(), reason, "{what}: {refusal}");
+    }
+    let refusal = sanitize(&item("../x"), &secret, &layout()).expect_err("refused");
+    assert_eq!(
+        refusal,
+        Refusal::UnsafePath {
+            context: "volume \"v\"".into(),
+            path: "../x".into()
+        }
+    );
+}
+
+#[test]
+fn harmless_path_spellings_are_normalised() {
+    let parent = with_volumes(
+        json!([{"name": "v", "secret": {"secretName": "s", "items": [
+        {"key": "k", "path": "./a//b/"}]}}]),
+    );
+    let objects = objects(&[("s", data(&[("k", b"v")]))], &[]);
+    let checkpoint = ok(&parent, &objects);
+    let d = format!("{SEC}/_volume-v");
+    assert_eq!(
+        checkpoint.files,
+        vec![
+            dir(&d),
+            dir(&format!("{d}/a")),
+            file(&format!("{d}/a/b"), b"v", 0o644)
+        ]
+    );
+}

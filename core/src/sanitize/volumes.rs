@@ -1,0 +1,332 @@
+//! `secret`, `configMap` and `projected` volumes turned into hostPath directories holding the
+//! files the kubelet would have projected, honouring `items`, modes and `optional`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{HostPathVolumeSource, KeyToPath, Volume, VolumeProjection};
+
+use super::{
+    Ctx, DEFAULT_MODE, Kind, Refusal, SideEntry, SideFile, TokenSpec, Warning, check_name, mode_or,
+    safe_relative,
+};
+use crate::model::Owner;
+
+/// Prefix of a volume's own directory; `_` cannot appear in an object name, so it never collides.
+const VOLUME_DIR_PREFIX: &str = "_volume-";
+
+pub(super) fn host_path_volume(name: &str, dir: &Path) -> Result<Volume, Refusal> {
+    let path = dir.to_str().ok_or_else(|| Refusal::UnsafePath {
+        context: format!("the layout (volume {name:?})"),
+        path: dir.to_string_lossy().into_owned(),
+    })?;
+    Ok(Volume {
+        name: name.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_owned(),
+            type_: Some("Directory".to_owned()),
+        }),
+        ..Volume::default()
+    })
+}
+
+/// A volume's own directory, for views of an object that differ from the shared `<object>/` one.
+fn own_dir(pod_dir: PathBuf, volume: &str) -> Result<PathBuf, Refusal> {
+    check_name("volume name", volume)?;
+    Ok(pod_dir.join(format!("{VOLUME_DIR_PREFIX}{volume}")))
+}
+
+/// Collects side entries, adding intermediate directories for nested paths.
+pub(super) struct Tree {
+    owner: Owner,
+    entries: Vec<SideFile>,
+}
+
+impl Tree {
+    pub(super) fn new(owner: Owner) -> Self {
+        Self {
+            owner,
+            entries: Vec::new(),
+        }
+    }
+
+    pub(super) fn dir(&mut self, path: PathBuf) {
+        self.entries.push(SideFile {
+            path,
+            entry: SideEntry::Dir,
+            owner: self.owner,
+        });
+    }
+
+    /// `components` come from [`safe_relative`], so the file stays under `dir`.
+    pub(super) fn file(&mut self, dir: &Path, components: &[&str], data: Vec<u8>, mode: u32) {
+        let Some((name, parents)) = components.split_last() else {
+            return;
+        };
+        let mut path = dir.to_path_buf();
+        for parent in parents {
+            path.push(parent);
+            self.dir(path.clone());
+        }
+        path.push(name);
+        self.entries.push(SideFile {
+            path,
+            entry: SideEntry::File { data, mode },
+            owner: self.owner,
+        });
+    }
+
+    /// Sorted by path, identical entries merged; two different entries at one path are refused.
+    pub(super) fn finish(mut self) -> Result<Vec<SideFile>, Refusal> {
+        self.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut files: Vec<SideFile> = Vec::with_capacity(self.entries.len());
+        for entry in self.entries {
+            if let Some(last) = files.last()
+                && last.path == entry.path
+            {
+                if *last == entry {
+                    continue;
+                }
+                return Err(Refusal::PathConflict { path: entry.path });
+            }
+            files.push(entry);
+        }
+        Ok(files)
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Converts a volume that references the API into files under a directory, returning that
+    /// directory; `None` for volumes a static pod can carry as they are.
+    pub(super) fn convert_volume(
+        &self,
+        volume: &Volume,
+        tree: &mut Tree,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Option<PathBuf>, Refusal> {
+        let unsupported = |kind: &str| Refusal::UnsupportedVolume {
+            volume: volume.name.clone(),
+            kind: kind.to_owned(),
+        };
+        if volume.persistent_volume_claim.is_some() {
+            return Err(unsupported("a persistentVolumeClaim"));
+        }
+        if volume.ephemeral.is_some() {
+            return Err(unsupported(
+                "an ephemeral volume (it claims a PersistentVolumeClaim)",
+            ));
+        }
+        let needed_by = format!("volume {:?}", volume.name);
+        let object = if let Some(source) = &volume.secret {
+            let name = source.secret_name.as_deref().unwrap_or("");
+            let view = View::new(
+                Kind::Secret,
+                name,
+                &source.items,
+                source.optional,
+                source.default_mode,
+                DEFAULT_MODE,
+            );
+            Some((view, self.layout.pod_secret_dir(self.key)))
+        } else {
+            volume.config_map.as_ref().map(|source| {
+                let view = View::new(
+                    Kind::ConfigMap,
+                    &source.name,
+                    &source.items,
+                    source.optional,
+                    source.default_mode,
+                    DEFAULT_MODE,
+                );
+                (view, self.layout.pod_configmap_dir(self.key))
+            })
+        };
+        if let Some((view, pod_dir)) = object {
+            return self
+                .convert_object_volume(&view, pod_dir, &volume.name, &needed_by, tree)
+                .map(Some);
+        }
+        if let Some(projected) = &volume.projected {
+            let default_mode = mode_or(projected.default_mode, DEFAULT_MODE);
+            let dir = own_dir(self.layout.pod_secret_dir(self.key), &volume.name)?;
+            tree.dir(dir.clone());
+            for source in projected.sources.iter().flatten() {
+                self.project_source(source, &dir, default_mode, &volume.name, tree, warnings)?;
+            }
+            return Ok(Some(dir));
+        }
+        Ok(None)
+    }
+
+    /// A `secret`/`configMap` volume: the shared `<object>/` directory when it shows every key with
+    /// the default mode (the seed's layout), else a directory of its own.
+    fn convert_object_volume(
+        &self,
+        view: &View<'_>,
+        pod_dir: PathBuf,
+        volume: &str,
+        needed_by: &str,
+        tree: &mut Tree,
+    ) -> Result<PathBuf, Refusal> {
+        check_name(view.kind.name_label(), view.name)?;
+        let dir = if view.items().is_none() && view.default_mode == DEFAULT_MODE {
+            pod_dir.join(view.name)
+        } else {
+            own_dir(pod_dir, volume)?
+        };
+        tree.dir(dir.clone());
+        self.write_view(view, &dir, volume, needed_by, tree)?;
+        Ok(dir)
+    }
+
+    /// Writes the files the kubelet would project for one object: every key, or only `items`.
+    fn write_view(
+        &self,
+        view: &View<'_>,
+        dir: &Path,
+        volume: &str,
+        needed_by: &str,
+        tree: &mut Tree,
+    ) -> Result<(), Refusal> {
+        let context = format!("volume {volume:?}");
+        // Item paths are checked even when the object is missing: a hostile pod is refused alike.
+        let item_paths = view
+            .items()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| safe_relative(&item.path, &context))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let Some(data) = self.lookup(view.kind, view.name, view.optional, needed_by)? else {
+            return Ok(());
+        };
+        let (Some(items), Some(item_paths)) = (view.items(), item_paths) else {
+            for (key, value) in data {
+                let components = safe_relative(key, &context)?;
+                tree.file(dir, &components, value.clone(), view.default_mode);
+            }
+            return Ok(());
+        };
+        for (item, components) in items.iter().zip(item_paths) {
+            match data.get(&item.key) {
+                Some(value) => {
+                    let mode = mode_or(item.mode, view.default_mode);
+                    tree.file(dir, &components, value.clone(), mode);
+                }
+                None if view.optional => {}
+                None => {
+                    return Err(Refusal::MissingKey {
+                        kind: view.kind.label(),
+                        namespace: self.key.namespace.clone(),
+                        name: view.name.to_owned(),
+                        key: item.key.clone(),
+                        needed_by: needed_by.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One source of a projected volume, written into the volume's directory.
+    fn project_source(
+        &self,
+        source: &VolumeProjection,
+        dir: &Path,
+        default_mode: u32,
+        volume: &str,
+        tree: &mut Tree,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<(), Refusal> {
+        let unsupported = |kind: &str| Refusal::UnsupportedVolume {
+            volume: volume.to_owned(),
+            kind: format!("a projected volume with a {kind} source"),
+        };
+        if source.cluster_trust_bundle.is_some() {
+            return Err(unsupported("clusterTrustBundle"));
+        }
+        if source.pod_certificate.is_some() {
+            return Err(unsupported("podCertificate"));
+        }
+        let needed_by = format!("volume {volume:?}");
+        let secret = (source.secret.as_ref()).map(|s| {
+            View::new(
+                Kind::Secret,
+                &s.name,
+                &s.items,
+                s.optional,
+                None,
+                default_mode,
+            )
+        });
+        let config_map = (source.config_map.as_ref()).map(|c| {
+            View::new(
+                Kind::ConfigMap,
+                &c.name,
+                &c.items,
+                c.optional,
+                None,
+                default_mode,
+            )
+        });
+        for view in secret.iter().chain(&config_map) {
+            self.write_view(view, dir, volume, &needed_by, tree)?;
+        }
+        if let Some(downward) = &source.downward_api {
+            for item in downward.items.iter().flatten() {
+                let components = safe_relative(&item.path, &needed_by)?;
+                let value = self.downward_value(item, volume)?;
+                let mode = mode_or(item.mode, default_mode);
+                tree.file(dir, &components, value.into_bytes(), mode);
+            }
+        }
+        if let Some(token) = &source.service_account_token {
+            let components = safe_relative(&token.path, &needed_by)?;
+            match self.objects.tokens.get(&TokenSpec::of(token)) {
+                Some(value) => {
+                    tree.file(dir, &components, value.clone().into_bytes(), default_mode)
+                }
+                None => warnings.push(Warning::TokenUnavailable {
+                    volume: volume.to_owned(),
+                }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One object's view inside a volume.
+struct View<'v> {
+    kind: Kind,
+    name: &'v str,
+    items: Option<&'v [KeyToPath]>,
+    optional: bool,
+    default_mode: u32,
+}
+
+impl<'v> View<'v> {
+    /// The one place a view is read off a volume or projection source: a missing `optional`
+    /// means required, and `mode` (the source's `defaultMode`) falls back to `default_mode`.
+    fn new(
+        kind: Kind,
+        name: &'v str,
+        items: &'v Option<Vec<KeyToPath>>,
+        optional: Option<bool>,
+        mode: Option<i32>,
+        default_mode: u32,
+    ) -> Self {
+        Self {
+            kind,
+            name,
+            items: items.as_deref(),
+            optional: optional.unwrap_or(false),
+            default_mode: mode_or(mode, default_mode),
+        }
+    }
+
+    /// `items`, where an empty list means "every key", as in the kubelet.
+    fn items(&self) -> Option<&[KeyToPath]> {
+        self.items.filter(|items| !items.is_empty())
+    }
+}
