@@ -1,5 +1,6 @@
 //! The admin HTTP server operators and the kubelet talk to: `/metrics`, `/healthz`, `/readyz`.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,13 +12,24 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+#[cfg(test)]
+mod tests;
+
 /// How often a copy of the agent whose admin port is taken tries again.
 const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// First wait after a failed `accept`. EMFILE and ENFILE last until some descriptor is freed,
+/// so retrying at once only spins a core and floods the log.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// The wait doubles from [`ACCEPT_BACKOFF_MIN`] up to this, so the server is back within a
+/// second of descriptors coming free.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Liveness and readiness as the agent's loops report them.
 #[derive(Debug)]
@@ -73,7 +85,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut told = false;
-    let listener = loop {
+    let mut listener = loop {
         match TcpListener::bind(addr).await {
             Ok(l) => break l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -90,17 +102,7 @@ pub async fn serve(
         }
     };
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin server accept failed");
-                    continue;
-                }
-            },
-        };
+    accept_loop(&mut listener, &shutdown, |stream| {
         let metrics = metrics.clone();
         let health = health.clone();
         tokio::spawn(async move {
@@ -115,6 +117,69 @@ pub async fn serve(
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    })
+    .await;
+    Ok(())
+}
+
+/// Where the accept loop gets connections, and the clock it backs off on. A trait so the tests
+/// can make `accept` fail and count the waits without real time (tokio's paused clock needs its
+/// `test-util` feature, which this crate does not enable).
+trait Listener {
+    type Conn;
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+    fn pause(&mut self, wait: Duration) -> impl Future<Output = ()> + Send;
+}
+
+impl Listener for TcpListener {
+    type Conn = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+
+    async fn pause(&mut self, wait: Duration) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Accepts until `shutdown`, handing each connection to `on_conn`. When `accept` fails (EMFILE
+/// and ENFILE above all, which last until a descriptor is freed) it waits before the next try,
+/// doubling from [`ACCEPT_BACKOFF_MIN`] to [`ACCEPT_BACKOFF_MAX`], and warns once per run of
+/// failures rather than once per failure; the first connection after a run resets both.
+async fn accept_loop<L: Listener>(
+    listener: &mut L,
+    shutdown: &CancellationToken,
+    mut on_conn: impl FnMut(L::Conn),
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failures: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => {
+                if failures > 0 {
+                    tracing::info!(failures, "admin server accepting connections again");
+                    failures = 0;
+                    backoff = ACCEPT_BACKOFF_MIN;
+                }
+                on_conn(conn);
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "admin server cannot accept connections (out of descriptors?); backing off");
+                }
+                failures += 1;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = listener.pause(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
     }
 }
 
