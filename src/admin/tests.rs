@@ -1,9 +1,11 @@
-//! The accept loop with injected failures on a virtual clock.
+//! The accept loop with injected failures on a virtual clock, and the per-connection bounds with
+//! limits short enough for a unit test. `tests/admin_server.rs` covers the production limits.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::Mutex;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -181,4 +183,145 @@ async fn each_run_of_accept_errors_warns_once_and_a_connection_resets_the_back_o
     );
     assert_eq!(logged.count(Level::WARN, "cannot accept"), 2);
     assert_eq!(logged.count(Level::INFO, "accepting connections again"), 2);
+}
+
+/// Starts `serve_on` with `limits` on a loopback port.
+async fn start(limits: Limits) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let health = Health::new(Duration::from_secs(60));
+    health.beat();
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new().expect("metrics");
+    tokio::spawn(serve_on(
+        listener,
+        limits,
+        metrics,
+        health,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
+/// Everything the server sends until it closes, if it closes within `limit`.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, drain).await.ok()?;
+    Some(got)
+}
+
+/// A client that keeps its connection busy with requests never trips the header/idle timeout;
+/// the connection age closes it anyway, between responses, not in the middle of one.
+#[tokio::test]
+async fn a_busy_connection_is_closed_gracefully_at_its_age() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(5),
+        max_age: ms(300),
+        close_grace: ms(300),
+        max_connections: 4,
+    };
+    let (addr, shutdown) = start(limits).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let mut served = 0;
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a busy connection outlived its age of {:?}",
+            limits.max_age
+        );
+        if stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break started.elapsed();
+        }
+        let mut resp = Vec::new();
+        let mut buf = [0u8; 256];
+        // A response is the head and "ok\n"; it either comes whole or not at all.
+        while !resp.ends_with(b"ok\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => resp.extend_from_slice(&buf[..n]),
+            }
+        }
+        if resp.is_empty() {
+            break started.elapsed();
+        }
+        assert!(
+            resp.starts_with(b"HTTP/1.1 200") && resp.ends_with(b"ok\n"),
+            "cut mid-response: {:?}",
+            String::from_utf8_lossy(&resp)
+        );
+        served += 1;
+        tokio::time::sleep(ms(30)).await;
+    };
+    assert!(served >= 2, "only {served} requests served");
+    assert!(
+        closed_after >= limits.max_age,
+        "closed after {closed_after:?}, before its age"
+    );
+    shutdown.cancel();
+}
+
+/// A connection stuck mid-request (here half a header under a long header timeout) does not
+/// finish when asked to close at its age; it is dropped after the grace.
+#[tokio::test]
+async fn a_stuck_connection_is_dropped_after_its_age_and_grace() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(30),
+        max_age: ms(200),
+        close_grace: ms(200),
+        max_connections: 4,
+    };
+    let (addr, shutdown) = start(limits).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    assert!(
+        read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a stuck connection outlived its age and grace"
+    );
+    assert!(started.elapsed() >= limits.max_age);
+    shutdown.cancel();
+}
+
+/// At the cap, each new connection gets a 503 and is closed; a flood of them warns once.
+#[tokio::test]
+async fn refusals_at_the_cap_answer_503_and_warn_once() {
+    let (logged, _guard) = capture();
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::SERVER
+    };
+    let (addr, shutdown) = start(limits).await;
+    let _held = TcpStream::connect(addr).await.expect("connect");
+    for _ in 0..5 {
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let got = read_until_closed(&mut extra, Duration::from_secs(2))
+            .await
+            .expect("refused promptly");
+        assert!(
+            got.starts_with(b"HTTP/1.1 503"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(logged.count(Level::WARN, "connection cap"), 1);
+    shutdown.cancel();
 }
