@@ -1,5 +1,14 @@
 //! The admin HTTP server operators and the kubelet talk to: `/metrics`, `/healthz`, `/readyz`.
 
+//!
+//! The port is open to the whole node network (the agent runs with `hostNetwork`), so any pod
+//! can connect. The server bounds what a client can hold, because the descriptors it would
+//! exhaust are the ones the agent needs in the hour the API server is away: a header read
+//! timeout (which hyper also applies to idle keep-alive connections), an overall connection age,
+//! a cap on concurrent connections, and a back-off when `accept` fails (EMFILE) instead of a
+//! spinning loop that floods the log.
+
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,14 +19,74 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+#[cfg(test)]
+mod tests;
+
 /// How often a copy of the agent whose admin port is taken tries again.
 const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a client has to send a whole request header. hyper runs the same timer while a
+/// keep-alive connection waits for its next request, so this is the idle bound as well. The
+/// kubelet and Prometheus send a header in one packet; 5 s is generous for them and cuts a
+/// slowloris (half a header, then silence) off before it can pile up connections.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After this long a connection is asked to close once its current response is out. It bounds
+/// what the header timeout does not: a client that keeps one connection busy with requests
+/// spaced just under the timeout, or one that sends a body or reads its response at a trickle.
+/// Scrapers just reconnect.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// How long a connection past [`MAX_CONNECTION_AGE`] gets to finish its response before it is
+/// dropped outright (a client that never reads would otherwise keep it).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// At most this many admin connections are served at once. The real clients (kubelet probes,
+/// one or two Prometheus scrapers, an operator's curl) need a handful; 64 is far above that and
+/// a small share of the agent's descriptor limit, which its runtime, API server and state-file
+/// work need more. Past the cap the newest connection is refused (answered 503 if its socket
+/// takes it, and closed) rather than left in the listen backlog: the connections being served
+/// keep going, the refused client learns at once, and each held connection is freed within the
+/// timeouts above, after which `/healthz` answers again.
+const MAX_CONNECTIONS: usize = 64;
+
+/// First wait after a failed `accept`. EMFILE and ENFILE last until some descriptor is freed,
+/// so retrying at once only spins a core and floods the log.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// The wait doubles from [`ACCEPT_BACKOFF_MIN`] up to this, so the server is back within a
+/// second of descriptors coming free.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// At most one "refusing connections" warning per this long, with a count, so a flood at the
+/// cap does not become a flood in the log.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// What the server bounds per connection; [`Limits::SERVER`] in production, shorter in tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    max_age: Duration,
+    close_grace: Duration,
+    max_connections: usize,
+}
+
+impl Limits {
+    const SERVER: Limits = Limits {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_age: MAX_CONNECTION_AGE,
+        close_grace: CLOSE_GRACE,
+        max_connections: MAX_CONNECTIONS,
+    };
+}
 
 /// Liveness and readiness as the agent's loops report them.
 #[derive(Debug)]
@@ -66,6 +135,8 @@ impl Health {
 /// Serves the admin endpoints until `shutdown` fires. On a host-network node the DaemonSet pod
 /// and its static copy share the port: the one that finds it taken keeps trying, and takes over
 /// when the other goes. Any other bind error is returned at once, as a clear start-up failure.
+/// Connections are bounded as the module documentation says; on `shutdown` the server stops
+/// accepting and the connections still open finish within those bounds.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
@@ -90,16 +161,25 @@ pub async fn serve(
         }
     };
     tracing::info!(addr = %listener.local_addr()?, "admin server listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin server accept failed");
-                    continue;
-                }
-            },
+    serve_on(listener, Limits::SERVER, metrics, health, shutdown).await;
+    Ok(())
+}
+
+/// Serves on a bound listener until `shutdown`, holding at most `limits.max_connections`.
+async fn serve_on(
+    mut listener: TcpListener,
+    limits: Limits,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refusals = Refusals::default();
+    accept_loop(&mut listener, &shutdown, |stream| {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refusals.refused(limits.max_connections);
+            refuse(stream);
+            return;
         };
         let metrics = metrics.clone();
         let health = health.clone();
@@ -108,13 +188,140 @@ pub async fn serve(
                 let resp = route(&req, &metrics, &health);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
+            serve_connection(stream, svc, limits).await;
+            drop(permit);
         });
+    })
+    .await;
+}
+
+/// Closes a connection past the cap, with a 503 if the socket takes it without waiting.
+fn refuse(stream: TcpStream) {
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    // Best effort: never wait on a client we are turning away.
+    let _ = stream.try_write(BUSY);
+}
+
+/// Counts connections refused at the cap and warns at most once per [`REFUSAL_WARN_EVERY`].
+#[derive(Debug, Default)]
+struct Refusals {
+    last_warned: Option<Instant>,
+    since_warned: u64,
+}
+
+impl Refusals {
+    fn refused(&mut self, cap: usize) {
+        self.since_warned += 1;
+        if self
+            .last_warned
+            .is_none_or(|at| at.elapsed() >= REFUSAL_WARN_EVERY)
+        {
+            tracing::warn!(
+                cap,
+                refused = self.since_warned,
+                "admin server at its connection cap; refusing new connections"
+            );
+            self.last_warned = Some(Instant::now());
+            self.since_warned = 0;
+        }
+    }
+}
+
+/// Serves one connection within `limits`: hyper's header read (and keep-alive idle) timeout,
+/// then a graceful close at `max_age` and a hard one `close_grace` later.
+async fn serve_connection<I, S>(io: I, svc: S, limits: Limits)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = std::convert::Infallible,
+        >,
+{
+    let mut builder = http1::Builder::new();
+    // Without a timer hyper enforces no timeout at all.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = tokio::time::sleep(limits.max_age) => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.close_grace, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::debug!("admin connection dropped: past its age and did not finish");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+/// Where the accept loop gets connections, and the clock it backs off on. A trait so the tests
+/// can make `accept` fail and count the waits without real time (tokio's paused clock needs its
+/// `test-util` feature, which this crate does not enable).
+trait Listener {
+    type Conn;
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+    fn pause(&mut self, wait: Duration) -> impl Future<Output = ()> + Send;
+}
+
+impl Listener for TcpListener {
+    type Conn = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+
+    async fn pause(&mut self, wait: Duration) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Accepts until `shutdown`, handing each connection to `on_conn`. When `accept` fails (EMFILE
+/// and ENFILE above all, which last until a descriptor is freed) it waits before the next try,
+/// doubling from [`ACCEPT_BACKOFF_MIN`] to [`ACCEPT_BACKOFF_MAX`], and warns once per run of
+/// failures rather than once per failure; the first connection after a run resets both.
+async fn accept_loop<L: Listener>(
+    listener: &mut L,
+    shutdown: &CancellationToken,
+    mut on_conn: impl FnMut(L::Conn),
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failures: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => {
+                if failures > 0 {
+                    tracing::info!(failures, "admin server accepting connections again");
+                    failures = 0;
+                    backoff = ACCEPT_BACKOFF_MIN;
+                }
+                on_conn(conn);
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "admin server cannot accept connections (out of descriptors?); backing off");
+                }
+                failures += 1;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = listener.pause(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
     }
 }
 
