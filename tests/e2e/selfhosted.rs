@@ -402,6 +402,7 @@ struct NodeSample {
 }
 
 struct Observer {
+    scenario: &'static str,
     t0: f64,
     api: Arc<Mutex<Vec<(f64, bool)>>>,
     node: Arc<Mutex<Vec<(f64, NodeSample)>>>,
@@ -410,7 +411,7 @@ struct Observer {
 }
 
 impl Observer {
-    fn start(sh: &SelfHosted) -> Self {
+    fn start(sh: &SelfHosted, scenario: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let api = Arc::new(Mutex::new(Vec::new()));
         let node = Arc::new(Mutex::new(Vec::new()));
@@ -444,6 +445,7 @@ impl Observer {
             }));
         }
         let me = Self {
+            scenario,
             t0: epoch(),
             api,
             node,
@@ -600,6 +602,9 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_timeline(&format!("{} (failed)", self.scenario));
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -758,7 +763,7 @@ async fn selfhosted_reboot_the_checkpoint_brings_the_api_back() {
     };
     let _recover = Recover(&sh);
     let before = healthy_start(&sh, "reboot").await;
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "reboot");
     assert!(obs.api_up(), "the API answers before the reboot");
 
     let reboot_started = epoch();
@@ -840,7 +845,7 @@ async fn selfhosted_delete_the_new_pod_replaces_the_checkpoint() {
     };
     let _recover = Recover(&sh);
     let before = healthy_start(&sh, "delete").await;
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "delete");
     let t = epoch();
     sh.kubectl(&[
         "-n",
@@ -863,7 +868,7 @@ async fn selfhosted_rolling_update_the_old_copy_yields() {
     };
     let _recover = Recover(&sh);
     let before = healthy_start(&sh, "rolling-update").await;
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "rolling-update");
     let t = epoch();
     // A harmless flag change: more verbose logs (flips between --v=1 and --v=2 on reruns).
     let args = sh
@@ -996,7 +1001,7 @@ async fn selfhosted_bad_image_keeps_the_old_checkpoint_serving() {
     };
     let _recover = Recover(&sh);
     let before = healthy_start(&sh, "bad-update").await;
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "bad-update");
     let t = epoch();
     sh.patch_daemonset(&serde_json::json!([{
         "op": "replace",
@@ -1080,7 +1085,7 @@ async fn selfhosted_bad_flag_falls_back_to_the_old_checkpoint() {
         panic!("the installed agent has no --fallback-timeout (SPEC §4 Fallback): this scenario needs it")
     });
     let before = healthy_start(&sh, "bad-config").await;
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "bad-config");
     let t = epoch();
     sh.patch_daemonset(&serde_json::json!([{
         "op": "add",
@@ -1215,7 +1220,7 @@ async fn selfhosted_agent_upgrade_leaves_the_api_server_alone() {
         old_copy.exists(),
         "the old agent's own checkpoint is active"
     );
-    let obs = Observer::start(&sh);
+    let obs = Observer::start(&sh, "agent-upgrade");
     let t = epoch();
     let values = sh.values.to_string_lossy().into_owned();
     let chart = sh.chart.to_string_lossy().into_owned();

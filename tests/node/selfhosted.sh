@@ -210,7 +210,8 @@ for p in json.load(sys.stdin)["items"]:
         continue
     if p["spec"].get("nodeName"):
         print(m["name"])
-        break'
+        sys.exit(0)
+sys.exit(1)'
 }
 
 # checkpoint_written POD: inactive manifest and the Secret files it mounts are on the node.
@@ -247,7 +248,7 @@ sh_pivot() {
   sh_daemonset_yaml >"$SH_DIR/kube-apiserver-daemonset.yaml"
   kc apply -f "$SH_DIR/kube-apiserver-daemonset.yaml" >/dev/null
   wait_for "the DaemonSet's pod bound to $NODE_NAME" sh_daemon_pod || die "no kube-apiserver pod"
-  pod=$(sh_daemon_pod)
+  pod=$(sh_daemon_pod) || die "the DaemonSet's pod went away"
   wait_for "checkpoint of $SH_NS/$pod written" checkpoint_written "$pod" ||
     die "no checkpoint of $pod: $(kc -n "$SH_NS" logs -l app.kubernetes.io/name=pod-checkpointer --tail 20 2>&1)"
   sh_handover "$pod"
@@ -290,7 +291,7 @@ sh_repivot() {
   pivoted && { log "already self-hosted"; return 0; }
   local pod
   wait_for "the DaemonSet's pod bound to $NODE_NAME" sh_daemon_pod || die "no kube-apiserver pod"
-  pod=$(sh_daemon_pod)
+  pod=$(sh_daemon_pod) || die "the DaemonSet's pod went away"
   wait_for "checkpoint of $SH_NS/$pod written" checkpoint_written "$pod" || die "no checkpoint of $pod"
   sh_handover "$pod"
   touch "$SH_DIR/pivoted"
