@@ -5,6 +5,7 @@
 
 mod chart;
 mod harness;
+mod selfhosted;
 
 use std::time::Duration;
 

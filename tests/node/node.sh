@@ -56,9 +56,13 @@
 #   points /var/lib/cni, /var/lib/kubelet, /etc/kubernetes (created only if missing). Ports 6443, 10250, 10255 on
 #   the host's 127.0.0.1.
 #
-# Commands: up | down | status | env | exec -- CMD... | image NAME BINARY | namespace NS... |
-#           stop-apiserver | start-apiserver | stop-kubelet | start-kubelet | reboot-runtime |
-#           stop-containerd | start-containerd |
+# * `up --self-hosted` (or SELF_HOSTED=1): after the bootstrap kube-apiserver process is up, the
+#   API server becomes a checkpointed DaemonSet pod and the process exits (see selfhosted.sh).
+#
+# Commands: up [--self-hosted] | down | status | env | exec -- CMD... | image NAME BINARY |
+#           namespace NS... | stop-apiserver | start-apiserver | stop-kubelet | start-kubelet |
+#           reboot-runtime | stop-containerd | start-containerd | api-status |
+#           rescue (self-hosted: bootstrap process back when no API answers) | pivot (hand over again) |
 #           leftovers (after down: lists anything left behind, exit 1 if so)
 set -euo pipefail
 
@@ -85,6 +89,8 @@ PIDS=$NODE_DIR/pids
 SOCK=$NODE_DIR/containerd/containerd.sock
 ETC_KUBERNETES=$NODE_DIR/etc-kubernetes # the node's /etc/kubernetes
 MANIFESTS=$ETC_KUBERNETES/manifests
+# shellcheck source=tests/node/selfhosted.sh
+. "$HERE/selfhosted.sh"
 KUBELET_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
 T0=$EPOCHREALTIME
@@ -102,6 +108,8 @@ ensure_packages() {
     command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c#*:}")
   done
   [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  # self-hosted mode's API outage rejects port 6443 with nftables
+  if self_hosted && ! command -v nft >/dev/null 2>&1; then missing+=(nftables); fi
   # a static libc is needed for the pause binary
   [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -358,31 +366,62 @@ apiserver_ready() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null
 }
 
-start_apiserver() {
-  start kube-apiserver kube-apiserver \
-    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=0.0.0.0 --secure-port="$APISERVER_PORT" --advertise-address="$NODE_IP" \
-    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-    --client-ca-file="$PKI/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc \
-    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-    --service-cluster-ip-range="$SERVICE_CIDR" \
-    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-    --allow-privileged=true \
-    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority="$PKI/ca.crt" \
-    --kubelet-preferred-address-types=InternalIP \
-    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
-    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
-    --requestheader-extra-headers-prefix=X-Remote-Extra- \
-    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --shutdown-watch-termination-grace-period=2s \
-    --profiling=false --v=1
-  # host 127.0.0.1:6443 -> apiserver; in-cluster 10.96.0.1:443 -> apiserver
+# The API server's flags, one per line: the single list behind both the bootstrap process and the
+# self-hosted DaemonSet (tests/node/selfhosted.sh), so the two cannot drift apart.
+# apiserver_flags CERT_DIR SA_DIR ETCD_SERVERS ADVERTISE_ADDRESS SERVICE_CIDR SECURE_PORT
+# (the DaemonSet passes "$(VAR)" references to its ConfigMap-fed environment for the last four).
+apiserver_flags() {
+  local c=$1 sa=$2
+  cat <<EOF
+--etcd-servers=$3
+--bind-address=0.0.0.0
+--secure-port=$6
+--advertise-address=$4
+--tls-cert-file=$c/apiserver.crt
+--tls-private-key-file=$c/apiserver.key
+--client-ca-file=$c/ca.crt
+--service-account-issuer=https://kubernetes.default.svc
+--service-account-key-file=$sa/sa.pub
+--service-account-signing-key-file=$sa/sa.key
+--service-cluster-ip-range=$5
+--authorization-mode=Node,RBAC
+--enable-admission-plugins=NodeRestriction
+--allow-privileged=true
+--kubelet-client-certificate=$c/apiserver-kubelet-client.crt
+--kubelet-client-key=$c/apiserver-kubelet-client.key
+--kubelet-certificate-authority=$c/ca.crt
+--kubelet-preferred-address-types=InternalIP
+--requestheader-client-ca-file=$c/front-proxy-ca.crt
+--requestheader-allowed-names=front-proxy-client
+--requestheader-username-headers=X-Remote-User
+--requestheader-group-headers=X-Remote-Group
+--requestheader-extra-headers-prefix=X-Remote-Extra-
+--proxy-client-cert-file=$c/front-proxy-client.crt
+--proxy-client-key-file=$c/front-proxy-client.key
+--shutdown-watch-termination-grace-period=2s
+--profiling=false
+--v=1
+EOF
+}
+
+# The API server as a process on the node (the only one, or the bootstrap one in --self-hosted mode).
+start_apiserver_process() {
+  local flags
+  mapfile -t flags < <(apiserver_flags "$PKI" "$PKI" "http://127.0.0.1:$ETCD_PORT" "$NODE_IP" "$SERVICE_CIDR" "$APISERVER_PORT")
+  start kube-apiserver kube-apiserver "${flags[@]}"
+}
+
+# host 127.0.0.1:6443 -> apiserver; in-cluster 10.96.0.1:443 -> apiserver. They connect per
+# connection to whatever listens on 6443 in the node namespace: process, DaemonSet pod or copy.
+start_apiserver_forwarders() {
   start fwd-apiserver --host python3 "$HERE/portfwd.py" --connect-netns "/proc/$(holder)/ns/net" \
     "127.0.0.1:$APISERVER_PORT=127.0.0.1:$APISERVER_PORT"
   start svc-kubernetes python3 "$HERE/portfwd.py" "$SERVICE_IP:443=$NODE_IP:$APISERVER_PORT"
+}
+
+start_apiserver() {
+  start_apiserver_process
+  start_apiserver_forwarders
 }
 
 stop_apiserver() {
@@ -393,39 +432,9 @@ stop_apiserver() {
 
 write_containerd_config() {
   mkdir -p "$NODE_DIR/containerd"
-  cat >"$NODE_DIR/containerd/config.toml" <<EOF
-version = 2
-root = "$NODE_DIR/containerd/root"
-state = "$NODE_DIR/containerd/state"
-oom_score = 0
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "$SOCK"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$NODE_DIR/containerd/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  disable_apparmor = true
-  # this machine's capability bounding set lacks CAP_SYS_RESOURCE: runc cannot set a negative
-  # oom_score_adj (CRI gives sandboxes -998) -> clamp to containerd's own (0)
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$NODE_DIR/cni/net.d"
-EOF
+  # one template for the harness and tests/cri_containerd.rs
+  sed -e "s#@DIR@#$NODE_DIR#g" -e "s#@PAUSE_IMAGE@#$PAUSE_IMAGE#g" "$HERE/containerd.toml.in" \
+    >"$NODE_DIR/containerd/config.toml"
   # A CNI network is needed for the node to become Ready (runtime NetworkReady); it also gives
   # non-hostNetwork pods an address on cni0, inside the node namespace. No masquerade, no iptables.
   cat >"$NODE_DIR/cni/net.d/10-ci.conflist" <<EOF
@@ -621,11 +630,18 @@ untaint_node() {
 # commands
 
 cmd_up() {
-  local t0=$EPOCHREALTIME
+  local t0=$EPOCHREALTIME want_self_hosted=${SELF_HOSTED:-}
+  [ "${1:-}" = --self-hosted ] && want_self_hosted=1
   if ! alive holder && [ -d "$NODE_DIR" ]; then
     log "stale state in $NODE_DIR (node namespace not running): cleaning it first"
     cmd_down
   fi
+  # an `up` of a node that is already up keeps its mode; a plain node cannot become self-hosted
+  if alive holder && [ -n "$want_self_hosted" ] && ! self_hosted; then
+    die "the node is up without --self-hosted: run '$0 down' first"
+  fi
+  mkdir -p "$NODE_DIR"
+  if [ -n "$want_self_hosted" ]; then touch "$NODE_DIR/self-hosted"; fi
   ensure_packages
   tools
   log "tools in $NODE_BIN"
@@ -641,7 +657,8 @@ cmd_up() {
   build_images &
   local img_pid=$!
   wait_for "etcd healthy" etcd_healthy || die "etcd: $(tail -5 "$LOGS/etcd.log")"
-  start_apiserver
+  # once pivoted, the API server is the DaemonSet's pod (or its checkpoint): no process
+  if pivoted; then start_apiserver_forwarders; else start_apiserver; fi
   wait_for "containerd ready" containerd_ready || die "containerd: $(tail -5 "$LOGS/containerd.log")"
   link_cri_socket
   wait $img_pid || die "image build failed"
@@ -654,6 +671,7 @@ cmd_up() {
   wait_for "kubelet healthz" kubelet_healthy || die "kubelet: $(tail -20 "$LOGS/kubelet.log")"
   wait_for "node $NODE_NAME Ready" node_ready || die "node not Ready: $(tail -20 "$LOGS/kubelet.log")"
   untaint_node
+  if self_hosted && ! pivoted; then sh_pivot; fi
   log "cluster up in $(elapsed "$t0")s"
   cmd_env >&2
 }
@@ -862,7 +880,26 @@ export PAUSE_IMAGE=$PAUSE_IMAGE
 export BUSYBOX_IMAGE=$BUSYBOX_IMAGE
 export NODE_EXEC="bash $HERE/node.sh exec --"
 export PATH="$NODE_BIN:\$PATH"
+export INACTIVE_MANIFEST_DIR=$ETC_KUBERNETES/inactive-manifests
+export CHECKPOINT_SECRET_DIR=$ETC_KUBERNETES/checkpoint-secrets
+export CHECKPOINT_CONFIGMAP_DIR=$ETC_KUBERNETES/checkpoint-configmaps
 EOF
+  if self_hosted; then
+    cat <<EOF
+export SELF_HOSTED=1
+export APISERVER_IMAGE=$SH_APISERVER_IMAGE
+export SELF_HOSTED_NAMESPACE=$SH_NS
+export SELF_HOSTED_DAEMONSET=$SH_DS
+export SELF_HOSTED_AGENT_RELEASE=$SH_AGENT_RELEASE
+export SELF_HOSTED_AGENT_VALUES=$SH_DIR/agent-values.json
+export SELF_HOSTED_AGENT_ADMIN_PORT=$SH_AGENT_ADMIN_PORT
+export SELF_HOSTED_GRACE=$SH_GRACE
+export SELF_HOSTED_FALLBACK_TIMEOUT=$(cat "$SH_DIR/fallback-timeout" 2>/dev/null || true)
+export CHART_DIR=$(cd "$HERE/../.." && pwd)/charts/pod-checkpointer
+EOF
+  else
+    echo "unset SELF_HOSTED"
+  fi
 }
 
 cmd_image() { # image NAME BINARY: single-binary image (entrypoint = /<basename>), with its shared libs
@@ -887,7 +924,7 @@ main() {
   local c=${1:-}
   [ $# -gt 0 ] && shift
   case $c in
-    up) cmd_up ;;
+    up) cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     leftovers) cmd_leftovers ;;
@@ -904,10 +941,11 @@ main() {
       ;;
     image) tools; cmd_image "$@" ;;
     namespace) tools; bootstrap_namespaces "$@" ;;
-    stop-apiserver) stop_apiserver ;;
+    stop-apiserver)
+      if pivoted; then sh_stop_apiserver; else stop_apiserver; fi ;;
     start-apiserver)
       tools
-      start_apiserver
+      if pivoted; then sh_start_apiserver; else start_apiserver; fi
       wait_for "kube-apiserver /readyz" apiserver_ready || die "kube-apiserver: $(tail -20 "$LOGS/kube-apiserver.log")"
       ;;
     stop-kubelet) stop_kubelet ;;
@@ -923,6 +961,9 @@ main() {
       start_kubelet
       wait_for "kubelet healthz" kubelet_healthy || die "kubelet: $(tail -20 "$LOGS/kubelet.log")"
       ;;
+    api-status) tools; sh_api_status ;;
+    rescue) tools; self_hosted || die "rescue: not a self-hosted node"; sh_rescue ;;
+    pivot) tools; self_hosted || die "pivot: not a self-hosted node"; sh_repivot ;;
     reboot-runtime)
       tools
       stop_kubelet
@@ -935,6 +976,8 @@ main() {
         crictl --config "$NODE_DIR/crictl.yaml" rmp -f $ids >/dev/null
       fi
       log "removed $(echo "$ids" | grep -c . || true) pod sandboxes"
+      # for tests that time what follows the kubelet's start
+      echo "KUBELET_START_EPOCH=$EPOCHREALTIME" >&2
       start_kubelet
       wait_for "kubelet healthz" kubelet_healthy || die "kubelet: $(tail -20 "$LOGS/kubelet.log")"
       ;;
