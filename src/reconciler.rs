@@ -402,16 +402,27 @@ impl Reconciler {
                     );
                 }
             }
-            Action::Activate(_) => {
+            Action::Activate(_) | Action::Fallback(_) => {
                 self.store.activate(&key).map_err(ActionError::store)?;
                 self.metrics.activations.inc();
-                tracing::info!(
-                    namespace = ns,
-                    pod,
-                    action = "activate",
-                    "checkpoint activated: the kubelet now runs the copy"
-                );
-                self.event(&key, "CheckpointActivated", "Activate", "The parent is not running on this node; its checkpoint was activated as a static pod.");
+                if matches!(action, Action::Fallback(_)) {
+                    self.metrics.fallbacks.inc();
+                    tracing::warn!(
+                        namespace = ns,
+                        pod,
+                        action = "fallback",
+                        "the successor was not Ready within the fallback timeout: the last known good copy runs again"
+                    );
+                    self.event(&key, "CheckpointFallback", "Activate", "The newer pod that replaced this one did not become Ready within the fallback timeout; the last known good checkpoint was activated again.");
+                } else {
+                    tracing::info!(
+                        namespace = ns,
+                        pod,
+                        action = "activate",
+                        "checkpoint activated: the kubelet now runs the copy"
+                    );
+                    self.event(&key, "CheckpointActivated", "Activate", "The parent is not running on this node; its checkpoint was activated as a static pod.");
+                }
             }
             Action::Deactivate(_, reason) => {
                 self.store.deactivate(&key).map_err(ActionError::store)?;
@@ -471,18 +482,6 @@ impl Reconciler {
                     }
                 }
                 self.yields.insert(key.clone(), state.clone());
-            }
-            Action::Fallback(_) => {
-                self.store.activate(&key).map_err(ActionError::store)?;
-                self.metrics.activations.inc();
-                self.metrics.fallbacks.inc();
-                tracing::warn!(
-                    namespace = ns,
-                    pod,
-                    action = "fallback",
-                    "the successor was not Ready within the fallback timeout: the last known good copy runs again"
-                );
-                self.event(&key, "CheckpointFallback", "Activate", "The newer pod that replaced this one did not become Ready within the fallback timeout; the last known good checkpoint was activated again.");
             }
             Action::SetDeadline(_, at) => {
                 self.deadlines.insert(key.clone(), *at);
