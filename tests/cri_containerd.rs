@@ -30,66 +30,6 @@ const SLOW_CALL: Duration = Duration::from_secs(60);
 const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.6";
 
 // ---------------------------------------------------------------------------------------------
-// Test-only CRI messages (api.proto field numbers), for the one call the agent never makes.
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RunPodSandboxRequest {
-    #[prost(message, optional, tag = "1")]
-    config: Option<PodSandboxConfig>,
-    #[prost(string, tag = "2")]
-    runtime_handler: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RunPodSandboxResponse {
-    #[prost(string, tag = "1")]
-    pod_sandbox_id: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct PodSandboxConfig {
-    #[prost(message, optional, tag = "1")]
-    metadata: Option<proto::PodSandboxMetadata>,
-    /// Must stay empty for hostNetwork: no private UTS namespace to set it in.
-    #[prost(string, tag = "2")]
-    hostname: String,
-    #[prost(string, tag = "3")]
-    log_directory: String,
-    #[prost(map = "string, string", tag = "6")]
-    labels: HashMap<String, String>,
-    #[prost(message, optional, tag = "8")]
-    linux: Option<LinuxPodSandboxConfig>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct LinuxPodSandboxConfig {
-    #[prost(string, tag = "1")]
-    cgroup_parent: String,
-    #[prost(message, optional, tag = "2")]
-    security_context: Option<LinuxSandboxSecurityContext>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct LinuxSandboxSecurityContext {
-    #[prost(message, optional, tag = "1")]
-    namespace_options: Option<NamespaceOption>,
-}
-
-/// NamespaceMode values: POD = 0, CONTAINER = 1, NODE = 2.
-#[derive(Clone, PartialEq, prost::Message)]
-struct NamespaceOption {
-    #[prost(int32, tag = "1")]
-    network: i32,
-    #[prost(int32, tag = "2")]
-    pid: i32,
-    #[prost(int32, tag = "3")]
-    ipc: i32,
-}
-const NAMESPACE_POD: i32 = 0;
-const NAMESPACE_CONTAINER: i32 = 1;
-const NAMESPACE_NODE: i32 = 2;
-
-// ---------------------------------------------------------------------------------------------
 // Environment
 
 /// `Some(reason)` when this machine cannot run the test.
@@ -436,31 +376,36 @@ async fn ready_sandbox_runs_until_stopped_and_removed() {
 
     let key = PodKey::new("kube-system", "kube-apiserver");
     let uid = format!("{}-uid", node.run_id);
-    let request = RunPodSandboxRequest {
-        config: Some(PodSandboxConfig {
+    let request = proto::RunPodSandboxRequest {
+        config: Some(proto::PodSandboxConfig {
             metadata: Some(proto::PodSandboxMetadata {
                 name: key.name.clone(),
                 uid: uid.clone(),
                 namespace: key.namespace.clone(),
                 attempt: 0,
             }),
+            // Must stay empty for hostNetwork: no private UTS namespace to set it in.
             hostname: String::new(),
             log_directory: node.dir.path().join("logs").display().to_string(),
             labels: HashMap::from([("io.kubernetes.pod.uid".to_owned(), uid.clone())]),
-            linux: Some(LinuxPodSandboxConfig {
+            linux: Some(proto::LinuxPodSandboxConfig {
                 cgroup_parent: node.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NAMESPACE_NODE,
-                        pid: NAMESPACE_CONTAINER,
-                        ipc: NAMESPACE_POD,
+                security_context: Some(proto::LinuxSandboxSecurityContext {
+                    namespace_options: Some(proto::NamespaceOption {
+                        network: proto::NamespaceMode::Node.into(),
+                        pid: proto::NamespaceMode::Container.into(),
+                        ipc: proto::NamespaceMode::Pod.into(),
+                        ..Default::default()
                     }),
+                    ..Default::default()
                 }),
+                ..Default::default()
             }),
+            ..Default::default()
         }),
         runtime_handler: String::new(),
     };
-    let created: RunPodSandboxResponse = match slow.unary("RunPodSandbox", request).await {
+    let created: proto::RunPodSandboxResponse = match slow.unary("RunPodSandbox", request).await {
         Ok(r) => r,
         Err(e) => panic!("RunPodSandbox: {e}\n{}", node.log()),
     };
