@@ -238,9 +238,9 @@ impl CriClient {
     }
 
     /// Calls one unary `runtime.v1.RuntimeService/<method>` with caller-defined prost messages,
-    /// under this client's deadline and error reporting. Kept public for callers that bring
-    /// their own message types (the containerd test declares its RunPodSandbox subset); agent
-    /// code should add a typed method on the generated client instead, which cannot misspell
+    /// under this client's deadline and error reporting. Kept public for calls the agent never
+    /// makes (the containerd test's RunPodSandbox, with the generated messages); agent code
+    /// should add a typed method on the generated client instead, which cannot misspell
     /// the method or pair it with the wrong messages.
     pub async fn unary<Req, Resp>(
         &self,
