@@ -163,6 +163,16 @@ impl KubeletClient {
         }
         // Re-read periodically by kube, so a rotated CA is picked up.
         config.root_cert_file = cfg.ca_file.clone();
+        // Without roots of its own, kube's TLS setup asks the system for its roots even for a
+        // plain-http URL, and the agent's image (one static binary) has none: the client would
+        // fail to build. The system's roots are needed only for https with no CA file; with a
+        // CA file kube verifies against that file alone, and for http nothing is verified.
+        let system_roots = config.cluster_url.scheme_str() == Some("https")
+            && cfg.ca_file.is_none()
+            && !cfg.insecure_skip_tls_verify;
+        if !system_roots {
+            config.root_cert = Some(Vec::new());
+        }
         if let Some(p) = &cfg.client_cert {
             config.auth_info.client_certificate = Some(path_string("client certificate", p)?);
         }
