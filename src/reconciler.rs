@@ -72,6 +72,8 @@ pub struct Reconciler {
     deadlines: BTreeMap<PodKey, Timestamp>,
     /// Checkpoints that yielded to a successor, and how that stands.
     yields: BTreeMap<PodKey, Yield>,
+    /// Since when the API has answered without a break: an outage does not count toward grace.
+    api_since: Option<Timestamp>,
     refused: BTreeMap<PodKey, Refusal>,
     /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
     api_pods: BTreeMap<PodKey, Arc<Pod>>,
@@ -103,6 +105,7 @@ impl Reconciler {
             written: BTreeMap::new(),
             deadlines,
             yields: BTreeMap::new(),
+            api_since: None,
             refused: BTreeMap::new(),
             api_pods: BTreeMap::new(),
             synced_once: false,
@@ -134,6 +137,11 @@ impl Reconciler {
             };
         }
         let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
+        self.api_since = match (api_pods.is_some(), self.api_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(Timestamp::now()),
+            (false, _) => None,
+        };
         self.metrics
             .api_reachable
             .set(i64::from(api_pods.is_some()));
@@ -203,6 +211,7 @@ impl Reconciler {
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
+            api_since: self.api_since,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
             replaced,

@@ -18,8 +18,22 @@ async fn kubelet_client_needs_no_system_ca_roots_for_http_or_a_given_ca_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca.crt");
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .args(["-nodes", "-subj", "/CN=kubelet-test-ca", "-days", "1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=kubelet-test-ca",
+            "-days",
+            "1",
+            "-keyout",
+        ])
         .arg(dir.path().join("ca.key"))
         .arg("-out")
         .arg(&ca)

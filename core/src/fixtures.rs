@@ -172,6 +172,8 @@ pub struct World {
     pub written: BTreeMap<PodKey, u64>,
     /// [`Inputs::disk`].
     pub disk: BTreeMap<PodKey, OnDiskState>,
+    /// [`Inputs::api_since`].
+    pub api_since: Option<Timestamp>,
     /// [`Inputs::deadlines`].
     pub deadlines: BTreeMap<PodKey, Timestamp>,
     /// [`Inputs::uninstalling`].
@@ -204,6 +206,7 @@ impl World {
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
             disk: BTreeMap::new(),
+            api_since: None,
             deadlines: BTreeMap::new(),
             uninstalling: false,
             replaced: false,
@@ -330,6 +333,7 @@ impl World {
             desired: &self.desired,
             written: &self.written,
             disk: &self.disk,
+            api_since: self.api_since,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling,
             replaced: self.replaced,

@@ -81,6 +81,9 @@ pub struct Inputs<'a> {
     pub written: &'a BTreeMap<PodKey, u64>,
     /// Checkpoint files found on disk.
     pub disk: &'a BTreeMap<PodKey, OnDiskState>,
+    /// Since when the API has answered without a break, when the shell knows (it does not
+    /// across a restart of the agent): removal waits a whole grace period of reachable API.
+    pub api_since: Option<Timestamp>,
     /// Persisted removal deadlines.
     pub deadlines: &'a BTreeMap<PodKey, Timestamp>,
     /// The agent's own DaemonSet is being deleted: it is being uninstalled from the node, and
@@ -269,10 +272,16 @@ fn removal(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) -> Removal {
             d
         }
     };
-    if inp.now >= deadline {
+    // The API must have gone without listing the parent for the whole grace period: time it
+    // could not be asked does not count, so the first pass after an outage never removes.
+    let due = match inp.api_since {
+        Some(since) => deadline.max(since.checked_add(inp.grace).unwrap_or(Timestamp::MAX)),
+        None => deadline,
+    };
+    if inp.now >= due {
         Removal::Due
     } else {
-        out.wake_at = Some(out.wake_at.map_or(deadline, |w| w.min(deadline)));
+        out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
         Removal::Grace
     }
 }

@@ -149,6 +149,7 @@ impl Tick {
             desired: &BTreeMap::new(),
             written: &BTreeMap::new(),
             disk: &self.disk,
+            api_since: None,
             deadlines: &self.deadlines,
             uninstalling: false,
             replaced: false,

@@ -522,3 +522,29 @@ fn forgotten_deadline_without_checkpoint_is_cleared() {
     let w = World::new().api_up().deadline(&a, t(5));
     assert_eq!(w.actions(), vec![Action::ClearDeadline(a)]);
 }
+
+#[test]
+fn time_the_api_could_not_be_asked_does_not_count_toward_grace() {
+    // The deadline passed during an outage; the API answers again since t(100): removal waits
+    // for a whole grace period of reachable API, so the first pass after the outage removes
+    // nothing (a self-hosted API server's copy is what brought the API back).
+    let a = key("apiserver");
+    let mut back = World::new()
+        .api_up()
+        .inactive(&a)
+        .active(&a)
+        .deadline(&a, t(60))
+        .at(t(100));
+    back.api_since = Some(t(100));
+    let d = back.decide();
+    assert_eq!(d.actions, vec![], "nothing removed right after the outage");
+    assert_eq!(d.wake_at, Some(t(160)));
+    let later = back.at(t(160));
+    assert_eq!(
+        later.actions(),
+        vec![
+            Action::Deactivate(a.clone(), DeactivateReason::Removal),
+            Action::Remove(a)
+        ]
+    );
+}
