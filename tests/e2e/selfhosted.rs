@@ -38,7 +38,11 @@ fn epoch() -> f64 {
 }
 
 fn figure(scenario: &str, name: &str, value: f64, unit: &str) {
-    println!("FIGURE selfhosted/{scenario} {name} = {value:.2} {unit}");
+    // + 0.0: an empty f64 sum is -0.0
+    println!(
+        "FIGURE selfhosted/{scenario} {name} = {:.2} {unit}",
+        value + 0.0
+    );
 }
 
 /// "15s", "500ms", "2m" as a Duration.
