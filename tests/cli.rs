@@ -277,7 +277,10 @@ fn help_lists_the_flags_by_group() {
             "Kubelet",
             &["--kubelet-url", "--kubelet-insecure-skip-tls-verify"],
         ),
-        ("Timing", &["--poll-interval", "--grace-period"]),
+        (
+            "Timing",
+            &["--poll-interval", "--grace-period", "--fallback-timeout"],
+        ),
         ("Admin server", &["--admin-addr"]),
         ("Logging", &["--log-format", "--log-level"]),
         ("Node lock", &["--lock-file"]),
@@ -320,6 +323,7 @@ fn agent_refuses(args: &[&str], env: &[(&str, &str)]) -> String {
         .arg(dir.path().join("root"))
         .env_remove("ALL_NAMESPACES")
         .env_remove("NAMESPACES")
+        .env_remove("FALLBACK_TIMEOUT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err).expect("stderr file"));
@@ -456,4 +460,42 @@ fn no_namespace_is_refused_unless_all_namespaces_is_asked_for() {
             "{args:?} {env:?}: a conflict names both flags:\n{err}"
         );
     }
+}
+
+/// SPEC §4 Fallback: the timeout is a flag under Timing that explains itself, and is refused
+/// when zero.
+#[test]
+fn fallback_timeout_is_documented_and_validated() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let at = help
+        .find("--fallback-timeout")
+        .expect("--fallback-timeout in --help");
+    let text = &help[at..];
+    assert!(
+        text.contains("FALLBACK_TIMEOUT") && text.contains("5m") && text.contains("Ready"),
+        "env, default and why:\n{help}"
+    );
+    let err = agent_refuses(
+        &[
+            "--node-name",
+            "n1",
+            "--all-namespaces",
+            "--fallback-timeout",
+            "0s",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--fallback-timeout") && err.contains("0s"),
+        "{err}"
+    );
+    let err = agent_refuses(
+        &["--node-name", "n1", "--all-namespaces"],
+        &[("FALLBACK_TIMEOUT", "-1m")],
+    );
+    assert!(
+        err.contains("--fallback-timeout") && err.contains("-1m"),
+        "{err}"
+    );
 }

@@ -291,6 +291,22 @@ pub struct TimingArgs {
         value_parser = parse_long_duration
     )]
     pub grace_period: Duration,
+    /// How long a successor pod that made its predecessor's checkpoint yield has to become
+    /// Ready on this node before that checkpoint runs again (last known good).
+    ///
+    /// A successor (same controller) that starts here makes the predecessor's checkpoint stand
+    /// down so it can take the ports. If it is not Ready (as the kubelet reports it) within this
+    /// time, the predecessor's copy is activated again, so a bad update of a single self-hosted
+    /// API server still leaves an API to roll it back through. OpenShift's static-pod operators
+    /// fall back after 300s for the same reason. More than zero and at most 8760h (a year).
+    #[arg(
+        long,
+        env = "FALLBACK_TIMEOUT",
+        default_value = "5m",
+        allow_hyphen_values = true,
+        value_parser = parse_long_duration
+    )]
+    pub fallback_timeout: Duration,
 }
 
 impl TimingArgs {

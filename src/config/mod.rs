@@ -251,7 +251,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// (the `/healthz` stall limit) stay far from any overflow.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// The longest grace period: a year. Longer is a typo, and a deadline that
+/// The longest grace period or fallback timeout: a year. Longer is a typo, and a deadline that
 /// far out cannot overflow a clock.
 pub const MAX_LONG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -272,7 +272,7 @@ pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     positive_duration(s, MAX_POLL_INTERVAL, "1h")
 }
 
-/// `--grace-period`: zero would remove at once.
+/// `--grace-period`, `--fallback-timeout`: zero would remove (or fall back) at once.
 pub fn parse_long_duration(s: &str) -> Result<Duration, String> {
     positive_duration(s, MAX_LONG_DURATION, "8760h (a year)")
 }
@@ -369,6 +369,8 @@ mod tests {
             (&["--grace-period", "-5s"][..], "--grace-period", "-5s"),
             (&["--poll-interval=-1s"], "--poll-interval", "-1s"),
             (&["--poll-interval", "0s"], "--poll-interval", "0s"),
+            (&["--fallback-timeout", "0s"], "--fallback-timeout", "0s"),
+            (&["--fallback-timeout", "-5m"], "--fallback-timeout", "-5m"),
         ] {
             let mut all = vec!["--all-namespaces"];
             all.extend(args);
@@ -397,6 +399,12 @@ mod tests {
         let t = parse(&["--all-namespaces"]).expect("parses").agent.timing;
         assert_eq!(t.poll_interval, Duration::from_secs(1));
         assert_eq!(t.grace_period, Duration::from_secs(60));
+        assert_eq!(t.fallback_timeout, Duration::from_secs(300));
+        let t = parse(&["--all-namespaces", "--fallback-timeout", "90s"])
+            .expect("parses")
+            .agent
+            .timing;
+        assert_eq!(t.fallback_timeout, Duration::from_secs(90));
     }
 
     #[test]
