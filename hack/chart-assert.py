@@ -141,11 +141,17 @@ def check_daemonset(ds, namespace, namespaces_arg, values):
     args = args_of(c)
     check(args.get("--admin-addr") == f"0.0.0.0:{port}", f"--admin-addr binds 0.0.0.0:{port}")
     if namespaces_arg is None:
-        check("--namespaces" not in args, "no --namespaces flag (all namespaces)")
+        check("--all-namespaces" in args and "--namespaces" not in args,
+              "--all-namespaces and no --namespaces flag (all namespaces)")
     else:
-        check(args.get("--namespaces") == namespaces_arg, f"--namespaces={namespaces_arg}")
-    for flag in ["--poll-interval", "--grace-period", "--log-format", "--log-level"]:
-        check(flag in args, f"{flag} is passed")
+        check(namespaces_arg and args.get("--namespaces") == namespaces_arg and "--all-namespaces" not in args,
+              f"--namespaces={namespaces_arg} (never empty) and no --all-namespaces")
+    for flag, key in [("--poll-interval", "pollInterval"), ("--grace-period", "gracePeriod"),
+                      ("--fallback-timeout", "fallbackTimeout"), ("--log-format", "logFormat"),
+                      ("--log-level", "logLevel")]:
+        check(args.get(flag) == values[key], f"{flag}={values[key]} ({key})")
+    names = [a.partition("=")[0] for a in c.get("args", []) if a.startswith("--")]
+    check(len(names) == len(set(names)), f"no flag is passed twice (clap refuses repeats): {names}")
 
     # hostPath mounts: same path inside and out (manifests name these paths for the kubelet).
     volumes = {v["name"]: v for v in pod.get("volumes", [])}

@@ -4,7 +4,10 @@
 #   - helm template with both, and assertions on what they render (hack/chart-assert.py):
 #     DaemonSet shape (SPEC §8), least-privilege RBAC, monitoring objects
 #   - the values schema rejects typo'd keys and bad values; template guards fail loudly
-#   - the chart's kubeVersion floor (>=1.33) is enforced
+#   - template guards refuse what the agent would refuse at start (no node source, zero or too
+#     long durations, extraArgs repeating a chart flag)
+#   - the chart's kubeVersion floor is what the defaults need (helm template works without
+#     --kube-version); kubelet access alone needs Kubernetes 1.33
 #   - NOTES.txt renders
 #   - promtool check rules + promtool test rules on files/alerts.yaml
 #
@@ -114,7 +117,20 @@ if template --set checkpointSelf=false >"$WORK/noself.yaml" 2>"$WORK/err"; then
 else
   fail "helm template (checkpointSelf=false)"; sed 's/^/    /' "$WORK/err"
 fi
-run "renders with the CRI disabled (cri.socketPath empty)" template --set cri.socketPath=
+run "renders with the CRI disabled (cri.socketPath empty) and the kubelet as the node source" \
+  template --set cri.socketPath= --set kubelet.enabled=true
+if template --set allNamespaces=true >"$WORK/all-ns.yaml" 2>"$WORK/err" &&
+   python3 - "$WORK/all-ns.yaml" <<'PY'
+import sys, yaml
+ds = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "DaemonSet"][0]
+args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+sys.exit(0 if "--all-namespaces" in args and not any(a.startswith("--namespaces") for a in args) else 1)
+PY
+then
+  pass "allNamespaces=true passes --all-namespaces and no --namespaces"
+else
+  fail "allNamespaces=true passes --all-namespaces and no --namespaces"; sed 's/^/    /' "$WORK/err"
+fi
 run "renders with a kubelet CA file instead of skipping verification" \
   template --set kubelet.enabled=true --set kubelet.caFile=/etc/kubelet-ca/ca.crt
 run "renders into an existing service account" \
@@ -129,15 +145,44 @@ rejects "schema rejects a typo'd monitoring key (monitoring.podmonitor)" "additi
   template --set monitoring.podmonitor.enabled=true
 rejects "schema rejects an unknown log format" "logFormat" template --set logFormat=xml
 rejects "schema rejects a duration without unit" "gracePeriod" template --set gracePeriod=60
+rejects "schema rejects a fallback timeout without unit" "fallbackTimeout" template --set fallbackTimeout=300
+# What the agent refuses at start must not render (issue 12.12).
+rejects "template refuses no node source (no CRI socket, no kubelet)" "cri.socketPath is empty and kubelet.enabled is false" \
+  template --set cri.socketPath=
+rejects "template refuses pollInterval=0s" "pollInterval .0s. must be more than zero" template --set pollInterval=0s
+rejects "template refuses pollInterval=0ms" "pollInterval .0ms. must be more than zero" template --set pollInterval=0ms
+rejects "template refuses pollInterval over 1h" "pollInterval .1h1s. must be at most 1h" template --set pollInterval=1h1s
+rejects "template refuses gracePeriod=0s" "gracePeriod .0s. must be more than zero" template --set gracePeriod=0s
+rejects "template refuses gracePeriod=0m0s" "gracePeriod .0m0s. must be more than zero" template --set gracePeriod=0m0s
+rejects "template refuses fallbackTimeout=0s" "fallbackTimeout .0s. must be more than zero" template --set fallbackTimeout=0s
+rejects "template refuses gracePeriod over a year" "gracePeriod .8761h. must be at most 8760h" template --set gracePeriod=8761h
+rejects "template refuses extraArgs repeating a chart flag (--flag=value)" "extraArgs: --poll-interval is set by the chart; use the value pollInterval" \
+  template --set 'extraArgs={--poll-interval=2s}'
+rejects "template refuses extraArgs repeating a chart flag (--flag value)" "extraArgs: --grace-period is set by the chart; use the value gracePeriod" \
+  template --set 'extraArgs={--grace-period,2m}'
+rejects "template refuses extraArgs choosing the namespaces" "extraArgs: --all-namespaces is set by the chart; use the value allNamespaces" \
+  template --set 'extraArgs={--all-namespaces}'
+rejects "template refuses extraArgs repeating a kubelet flag the chart sets" "extraArgs: --kubelet-url is set by the chart; use the value kubelet.url" \
+  template --set kubelet.enabled=true --set 'extraArgs={--kubelet-url=https://10.0.0.1:10250}'
+run "extraArgs may pass a kubelet flag the chart does not set" \
+  template --set 'extraArgs={--kubelet-url=https://10.0.0.1:10250}'
 rejects "schema rejects a relative host path" "hostPaths" template --set hostPaths.stateDir=var/lib/x
 rejects "schema rejects kubelet access without a URL" "url" template --set kubelet.enabled=true --set kubelet.url=
 rejects "template rejects two hostPaths on one directory" "every path must be its own directory" \
   template --set hostPaths.stateDir=/etc/kubernetes/manifests
 rejects "template rejects serviceAccount.create=false without a name" "serviceAccount.name" \
   template --set serviceAccount.create=false
-rejects "kubeVersion floor: Kubernetes 1.32 is refused" "incompatible with Kubernetes" \
-  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.32.9
-run "kubeVersion floor: Kubernetes 1.33.0 is accepted" "$HELM" template "$RELEASE" "$CHART" --kube-version 1.33.0
+# The floor is what the defaults need; kubelet access (off by default) needs 1.33 on its own.
+run "helm template without --kube-version renders the defaults" "$HELM" template "$RELEASE" "$CHART"
+run "kubeVersion: Kubernetes 1.32 is accepted with the defaults" "$HELM" template "$RELEASE" "$CHART" --kube-version 1.32.9
+rejects "kubeVersion floor: Kubernetes 1.18 is refused" "incompatible with Kubernetes" \
+  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.18.20
+rejects "kubelet.enabled on Kubernetes 1.32 is refused" "kubelet.enabled needs Kubernetes 1.33" \
+  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.32.9 --set kubelet.enabled=true
+rejects "kubelet.enabled without --kube-version says to pass one" "kubelet.enabled needs Kubernetes 1.33.*--kube-version" \
+  "$HELM" template "$RELEASE" "$CHART" --set kubelet.enabled=true
+run "kubelet.enabled on Kubernetes 1.33.0 is accepted" \
+  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.33.0 --set kubelet.enabled=true
 
 echo "# NOTES.txt"
 # helm renders NOTES only on install (which needs a cluster here): render it through a copy of
@@ -179,6 +224,16 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 PY
     )
     run "pod-checkpointer parses the $rendered command line (${#agent_args[@]} args)" "$BIN" "${agent_args[@]}" --help
+    # --help stops before the checks that span flags (--namespaces or --all-namespaces). Without
+    # NODE_NAME the agent stops at its first runtime check, right after parsing, touching nothing.
+    if env -u NODE_NAME -u POD_NAME -u POD_NAMESPACE -u ALL_NAMESPACES -u FALLBACK_TIMEOUT \
+        timeout 20 "$BIN" "${agent_args[@]}" >"$WORK/out" 2>&1; then
+      fail "pod-checkpointer accepts the $rendered command line as a whole (ran without NODE_NAME)"
+    elif grep -q -- '--node-name (or NODE_NAME) is required' "$WORK/out"; then
+      pass "pod-checkpointer accepts the $rendered command line as a whole"
+    else
+      fail "pod-checkpointer accepts the $rendered command line as a whole"; sed 's/^/    /' "$WORK/out"
+    fi
   done
 else
   echo "# skipped: no pod-checkpointer binary (cargo build, or set POD_CHECKPOINTER_BIN)"

@@ -172,6 +172,7 @@ fn agent_without_api_server_or_runtime_starts_reports_and_stops_cleanly() {
         .args([
             "--node-name",
             "n1",
+            "--all-namespaces",
             "--kubeconfig",
             kubeconfig.to_str().expect("utf-8"),
         ])
@@ -267,6 +268,7 @@ fn help_lists_the_flags_by_group() {
                 "--pod-name",
                 "--pod-namespace",
                 "--namespaces",
+                "--all-namespaces",
             ][..],
         ),
         ("API server", &["--kubeconfig"]),
@@ -275,7 +277,10 @@ fn help_lists_the_flags_by_group() {
             "Kubelet",
             &["--kubelet-url", "--kubelet-insecure-skip-tls-verify"],
         ),
-        ("Timing", &["--poll-interval", "--grace-period"]),
+        (
+            "Timing",
+            &["--poll-interval", "--grace-period", "--fallback-timeout"],
+        ),
         ("Admin server", &["--admin-addr"]),
         ("Logging", &["--log-format", "--log-level"]),
         ("Node lock", &["--lock-file"]),
@@ -286,4 +291,211 @@ fn help_lists_the_flags_by_group() {
             assert!(text.contains(flag), "{flag} under {heading}:\n{help}");
         }
     }
+}
+
+/// Starts the agent with `args` plus harmless defaults (a dead API server, no runtime, its own
+/// root and a free admin port) and waits for it to stop by itself. A flag the agent refuses must
+/// stop it at once with clap's usage status (2); returns its stderr. An agent that accepted the
+/// flags is killed after a few seconds and the test fails naming what it did.
+fn agent_refuses(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    );
+    let err = dir.path().join("stderr");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--root",
+        ])
+        .arg(dir.path().join("root"))
+        .env_remove("ALL_NAMESPACES")
+        .env_remove("NAMESPACES")
+        .env_remove("FALLBACK_TIMEOUT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start agent");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{args:?} {env:?} must be refused as a usage error ({status:?}):\n{stderr}"
+    );
+    stderr
+}
+
+/// Issue 10.3: a value that starts with a dash reaches the parser, and the error names the flag
+/// and the value instead of "unexpected argument '-5'".
+#[test]
+fn a_negative_duration_is_refused_naming_the_flag_and_the_value() {
+    for flag in ["--grace-period", "--poll-interval"] {
+        let err = agent_refuses(
+            &[
+                "--node-name",
+                "n1",
+                "--namespaces",
+                "kube-system",
+                flag,
+                "-5s",
+            ],
+            &[],
+        );
+        assert!(
+            err.contains(flag) && err.contains("-5s"),
+            "names {flag} and -5s:\n{err}"
+        );
+    }
+    let err = agent_refuses(&["--node-name", "n1", "--namespaces", "-kube-system"], &[]);
+    assert!(
+        err.contains("--namespaces") && err.contains("-kube-system"),
+        "{err}"
+    );
+    // A missing value is still reported as one, not as a stray `1s`.
+    let err = agent_refuses(
+        &[
+            "--node-name",
+            "n1",
+            "--all-namespaces",
+            "--grace-period",
+            "--poll-interval",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("a value is required for '--grace-period'"),
+        "{err}"
+    );
+}
+
+/// Issue 10.3: a zero poll interval made the poller panic and the standby loop spin; zero or
+/// absurd durations are refused before anything starts, naming the flag.
+#[test]
+fn zero_and_unbounded_durations_are_refused_naming_the_flag() {
+    for (flag, value) in [
+        ("--poll-interval", "0s"),
+        ("--poll-interval", "0ms"),
+        ("--poll-interval", "2h"),
+        ("--grace-period", "0s"),
+        ("--grace-period", "100000h"),
+    ] {
+        let err = agent_refuses(
+            &[
+                "--node-name",
+                "n1",
+                "--namespaces",
+                "kube-system",
+                flag,
+                value,
+            ],
+            &[],
+        );
+        assert!(
+            err.contains(flag) && err.contains(value),
+            "names {flag} and {value}:\n{err}"
+        );
+    }
+}
+
+/// Issue 10.3: an empty `--namespaces` (a templating slip) silently meant "every namespace".
+/// Every namespace is now asked for with `--all-namespaces`; anything else without a namespace
+/// is refused, naming both flags.
+#[test]
+fn no_namespace_is_refused_unless_all_namespaces_is_asked_for() {
+    for (args, env) in [
+        (&["--node-name", "n1", "--namespaces", ""][..], &[][..]),
+        (&["--node-name", "n1", "--namespaces", ","], &[]),
+        (&["--node-name", "n1", "--namespaces", "a,,b"], &[]),
+        (&["--node-name", "n1", "--namespaces="], &[]),
+        (&["--node-name", "n1"], &[]),
+        (&["--node-name", "n1"], &[("ALL_NAMESPACES", "false")]),
+    ] {
+        let err = agent_refuses(args, env);
+        assert!(
+            err.contains("--namespaces") && err.contains("--all-namespaces"),
+            "{args:?} {env:?}: names both flags:\n{err}"
+        );
+    }
+    for (args, env) in [
+        (
+            &["--node-name", "n1", "--namespaces", "a", "--all-namespaces"][..],
+            &[][..],
+        ),
+        (
+            &["--node-name", "n1", "--namespaces", "a"],
+            &[("ALL_NAMESPACES", "true")],
+        ),
+    ] {
+        let err = agent_refuses(args, env);
+        assert!(
+            err.contains("--namespaces") && err.contains("--all-namespaces"),
+            "{args:?} {env:?}: a conflict names both flags:\n{err}"
+        );
+    }
+}
+
+/// SPEC §4 Fallback: the timeout is a flag under Timing that explains itself, and is refused
+/// when zero.
+#[test]
+fn fallback_timeout_is_documented_and_validated() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let at = help
+        .find("--fallback-timeout")
+        .expect("--fallback-timeout in --help");
+    let text = &help[at..];
+    assert!(
+        text.contains("FALLBACK_TIMEOUT") && text.contains("5m") && text.contains("Ready"),
+        "env, default and why:\n{help}"
+    );
+    let err = agent_refuses(
+        &[
+            "--node-name",
+            "n1",
+            "--all-namespaces",
+            "--fallback-timeout",
+            "0s",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--fallback-timeout") && err.contains("0s"),
+        "{err}"
+    );
+    let err = agent_refuses(
+        &["--node-name", "n1", "--all-namespaces"],
+        &[("FALLBACK_TIMEOUT", "-1m")],
+    );
+    assert!(
+        err.contains("--fallback-timeout") && err.contains("-1m"),
+        "{err}"
+    );
 }

@@ -12,7 +12,9 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::{PathArgs, parse_duration};
+use super::{
+    PathArgs, parse_long_duration, parse_namespace, parse_path, parse_poll_interval, parse_text,
+};
 use crate::admin::{self, Health};
 use crate::cri::CriClient;
 use crate::kubelet::{KubeletClient, KubeletConfig};
@@ -54,20 +56,56 @@ pub struct AgentArgs {
 #[command(next_help_heading = "Identity")]
 pub struct IdentityArgs {
     /// Name of this node; only pods bound here are checkpointed.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "NODE_NAME", allow_hyphen_values = true, value_parser = parse_text)]
     pub node_name: Option<String>,
     /// This agent's own pod name (downward API), so it can checkpoint itself.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", allow_hyphen_values = true, value_parser = parse_text)]
     pub pod_name: Option<String>,
     /// This agent's own namespace (downward API).
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = "POD_NAMESPACE", allow_hyphen_values = true, value_parser = parse_text)]
     pub pod_namespace: Option<String>,
-    /// Only checkpoint pods in these namespaces (comma-separated); all namespaces when empty.
-    #[arg(long, value_delimiter = ',')]
+    /// Only checkpoint pods in these namespaces (comma-separated, or the flag repeated).
+    /// Required unless --all-namespaces; an empty name is refused, never read as "all".
+    // Empty after parsing means --all-namespaces: the rest of the agent reads it that way.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_parser = parse_namespace
+    )]
     pub namespaces: Vec<String>,
+    /// Checkpoint pods in every namespace (needs cluster-wide RBAC). The explicit alternative
+    /// to --namespaces, so that a missing or empty list never widens the agent to the cluster.
+    #[arg(
+        long,
+        env = "ALL_NAMESPACES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub all_namespaces: bool,
 }
 
 impl IdentityArgs {
+    /// Which namespaces: `--namespaces` or `--all-namespaces`, exactly one of them. Checked after
+    /// parsing (by [`super::Cli`], for the agent only), because `ALL_NAMESPACES=false` counts as
+    /// "given" to clap but must not stand in for a namespace list.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        use clap::error::ErrorKind;
+        match (self.all_namespaces, self.namespaces.is_empty()) {
+            (true, false) => Err(clap::Error::raw(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--namespaces ({}) and --all-namespaces (or ALL_NAMESPACES) cannot be used together: pick one\n",
+                    self.namespaces.join(",")
+                ),
+            )),
+            (false, true) => Err(clap::Error::raw(
+                ErrorKind::MissingRequiredArgument,
+                "no namespace to work in: pass --namespaces NS[,NS...] for an allow-list, or --all-namespaces (ALL_NAMESPACES=true) for every namespace\n",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The node name is optional to clap only so that the subcommands do not need it; the agent
     /// cannot pick its pods without it.
     pub fn node_name(&self) -> anyhow::Result<String> {
@@ -99,7 +137,7 @@ impl IdentityArgs {
 #[command(next_help_heading = "API server")]
 pub struct ApiArgs {
     /// Kubeconfig to reach the API server; the in-cluster service account when absent.
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long, env = "KUBECONFIG", allow_hyphen_values = true, value_parser = parse_path)]
     pub kubeconfig: Option<PathBuf>,
 }
 
@@ -164,7 +202,12 @@ fn in_cluster(store: &Store) -> anyhow::Result<kube::Config> {
 pub struct CriArgs {
     /// CRI endpoint of the container runtime, the truth about what runs. Empty disables it (the
     /// kubelet's pod status is used instead).
-    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        default_value = "unix:///run/containerd/containerd.sock",
+        allow_hyphen_values = true,
+        value_parser = parse_text
+    )]
     pub cri_endpoint: String,
 }
 
@@ -187,19 +230,19 @@ impl CriArgs {
 pub struct KubeletArgs {
     /// Kubelet base URL (e.g. https://127.0.0.1:10250, or http://127.0.0.1:10255 for the
     /// read-only port) for its /pods: parents known while the API server is down.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_text)]
     pub kubelet_url: Option<String>,
     /// Bearer token file for the kubelet (re-read on every request, so rotation works).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub kubelet_token_file: Option<PathBuf>,
     /// CA bundle that signed the kubelet's serving certificate.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub kubelet_ca_file: Option<PathBuf>,
     /// Client certificate for the kubelet.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub kubelet_client_cert: Option<PathBuf>,
     /// Client key for the kubelet.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub kubelet_client_key: Option<PathBuf>,
     /// Skip verifying the kubelet's serving certificate (self-signed kubelet certs).
     #[arg(long)]
@@ -230,12 +273,40 @@ impl KubeletArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Timing")]
 pub struct TimingArgs {
-    /// How often the runtime and the kubelet are asked what runs (e.g. 1s, 500ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the runtime and the kubelet are asked what runs (e.g. 1s, 500ms); more than
+    /// zero and at most 1h.
+    #[arg(
+        long,
+        default_value = "1s",
+        allow_hyphen_values = true,
+        value_parser = parse_poll_interval
+    )]
     pub poll_interval: Duration,
-    /// How long the API server must stop listing a parent before its checkpoint is removed.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    /// How long the API server must stop listing a parent before its checkpoint is removed;
+    /// more than zero and at most 8760h (a year).
+    #[arg(
+        long,
+        default_value = "1m",
+        allow_hyphen_values = true,
+        value_parser = parse_long_duration
+    )]
     pub grace_period: Duration,
+    /// How long a successor pod that made its predecessor's checkpoint yield has to become
+    /// Ready on this node before that checkpoint runs again (last known good).
+    ///
+    /// A successor (same controller) that starts here makes the predecessor's checkpoint stand
+    /// down so it can take the ports. If it is not Ready (as the kubelet reports it) within this
+    /// time, the predecessor's copy is activated again, so a bad update of a single self-hosted
+    /// API server still leaves an API to roll it back through. OpenShift's static-pod operators
+    /// fall back after 300s for the same reason. More than zero and at most 8760h (a year).
+    #[arg(
+        long,
+        env = "FALLBACK_TIMEOUT",
+        default_value = "5m",
+        allow_hyphen_values = true,
+        value_parser = parse_long_duration
+    )]
+    pub fallback_timeout: Duration,
 }
 
 impl TimingArgs {
@@ -252,7 +323,7 @@ impl TimingArgs {
 #[command(next_help_heading = "Admin server")]
 pub struct AdminArgs {
     /// Address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9808")]
+    #[arg(long, default_value = "0.0.0.0:9808", allow_hyphen_values = true)]
     pub admin_addr: SocketAddr,
 }
 
@@ -273,10 +344,10 @@ impl AdminArgs {
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, allow_hyphen_values = true)]
     pub log_format: LogFormat,
     /// Log level or filter (RUST_LOG wins when set).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", allow_hyphen_values = true, value_parser = parse_text)]
     pub log_level: String,
 }
 
@@ -292,7 +363,7 @@ impl LogArgs {
 #[command(next_help_heading = "Node lock")]
 pub struct LockArgs {
     /// Lock file that lets only one copy of the agent (DaemonSet pod or static copy) work.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub lock_file: Option<PathBuf>,
 }
 

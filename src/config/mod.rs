@@ -4,16 +4,27 @@
 
 mod agent;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 pub use self::agent::{
     AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, LockArgs, LogArgs,
     TimingArgs,
 };
 use crate::model::Layout;
+
+/// The parsed command line: clap's flags, plus the checks that span several flags (which
+/// namespaces; see [`IdentityArgs::namespaces`]). They run only when the agent runs, so the
+/// offline subcommands need none of the agent's flags.
+#[derive(Debug)]
+pub struct Cli {
+    pub command: Option<Command>,
+    pub agent: AgentArgs,
+}
 
 /// Keeps annotated pods recoverable on this node while the Kubernetes API server is unreachable.
 ///
@@ -26,15 +37,117 @@ use crate::model::Layout;
     version,
     args_conflicts_with_subcommands = true
 )]
-pub struct Cli {
+struct Flags {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    command: Option<Command>,
     #[command(flatten)]
-    pub agent: AgentArgs,
+    agent: AgentArgs,
+}
+
+impl Cli {
+    fn checked(flags: Flags) -> Result<Self, clap::Error> {
+        if flags.command.is_none() {
+            flags.agent.identity.check()?;
+        }
+        Ok(Self {
+            command: flags.command,
+            agent: flags.agent,
+        })
+    }
+}
+
+impl CommandFactory for Cli {
+    fn command() -> clap::Command {
+        Flags::command()
+    }
+
+    fn command_for_update() -> clap::Command {
+        Flags::command_for_update()
+    }
+}
+
+impl FromArgMatches for Cli {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Self::checked(Flags::from_arg_matches(matches)?)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let mut flags = Flags {
+            command: self.command.clone(),
+            agent: self.agent.clone(),
+        };
+        flags.update_from_arg_matches(matches)?;
+        *self = Self::checked(flags)?;
+        Ok(())
+    }
+}
+
+/// clap's own parsing, after [`flag_taken_as_value`].
+impl Parser for Cli {
+    fn parse() -> Self {
+        Self::parse_from(std::env::args_os())
+    }
+
+    fn try_parse() -> Result<Self, clap::Error> {
+        Self::try_parse_from(std::env::args_os())
+    }
+
+    fn parse_from<I, T>(itr: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::try_parse_from(itr).unwrap_or_else(|e| e.exit())
+    }
+
+    fn try_parse_from<I, T>(itr: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = itr.into_iter().map(Into::into).collect();
+        let mut cmd = Self::command();
+        cmd.build();
+        flag_taken_as_value(&mut cmd, &args)?;
+        let mut matches = cmd.clone().try_get_matches_from(args)?;
+        Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
+    }
+}
+
+/// The agent's flags take values that begin with a dash, so that `--grace-period -5s` reaches
+/// the duration parser and is refused naming the flag and the value (instead of clap's
+/// "unexpected argument '-5'"). clap would then also take the next flag as the value of one whose
+/// value is missing (`--grace-period --poll-interval 1s`) and complain about the stray `1s`;
+/// this says what happened instead. No value of these flags begins with `--`.
+fn flag_taken_as_value(cmd: &mut clap::Command, args: &[OsString]) -> Result<(), clap::Error> {
+    let takes_dash: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.is_allow_hyphen_values_set())
+        .filter_map(|a| a.get_long())
+        .map(|long| format!("--{long}"))
+        .collect();
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let args: Vec<_> = args.iter().skip(1).map(|a| a.to_string_lossy()).collect();
+    for pair in args.windows(2) {
+        let (flag, next) = (&pair[0], &pair[1]);
+        if flag == "--" || subcommands.iter().any(|s| s == flag) {
+            break;
+        }
+        if next.starts_with("--") && takes_dash.iter().any(|t| t == flag) {
+            return Err(cmd.error(
+                ErrorKind::InvalidValue,
+                format!("a value is required for '{flag}' but none was supplied (found the flag '{next}' where its value belongs)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Offline tools for operators; neither talks to the API server.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Print the checkpoint manifest the agent would write for a pod (and write its files with --root).
     Render(RenderArgs),
@@ -47,22 +160,22 @@ pub enum Command {
 #[command(next_help_heading = "Paths")]
 pub struct PathArgs {
     /// Prefix for every default path below (e.g. a test directory); `/` on a real node.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", allow_hyphen_values = true, value_parser = parse_path)]
     pub root: PathBuf,
     /// The kubelet's static pod directory: a checkpoint placed here is "active".
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub manifest_dir: Option<PathBuf>,
     /// Where every checkpoint is kept, active or not.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub inactive_manifest_dir: Option<PathBuf>,
     /// Root of the checkpointed Secret files (and projected volumes).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub secret_dir: Option<PathBuf>,
     /// Root of the checkpointed ConfigMap files.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub configmap_dir: Option<PathBuf>,
     /// Agent state that must survive restarts (grace deadlines).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_path)]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -89,7 +202,7 @@ impl PathArgs {
 }
 
 /// Input and output of `render`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RenderArgs {
     /// The parent Pod, JSON or YAML; `-` reads standard input.
     #[arg(long)]
@@ -102,7 +215,7 @@ pub struct RenderArgs {
 }
 
 /// `render` writes under `--root` only when it is given.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RenderPaths {
     /// Also write the manifest and every side file under this directory, as the agent would on
     /// a node whose `/` is DIR.
@@ -111,7 +224,7 @@ pub struct RenderPaths {
 }
 
 /// Output of `status`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -134,6 +247,90 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("duration {s:?} must not be negative"))
 }
 
+/// The longest poll interval: the agent looks at the node at least hourly, and ten intervals
+/// (the `/healthz` stall limit) stay far from any overflow.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The longest grace period or fallback timeout: a year. Longer is a typo, and a deadline that
+/// far out cannot overflow a clock.
+pub const MAX_LONG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration in `(0, max]`; clap prefixes the error with the flag and the value.
+fn positive_duration(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        Err(format!("duration {s:?} must be more than zero"))
+    } else if d > max {
+        Err(format!("duration {s:?} must be at most {max_text}"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// `--poll-interval`: zero would make the poller panic and the standby loop spin.
+pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
+    positive_duration(s, MAX_POLL_INTERVAL, "1h")
+}
+
+/// `--grace-period`, `--fallback-timeout`: zero would remove (or fall back) at once.
+pub fn parse_long_duration(s: &str) -> Result<Duration, String> {
+    positive_duration(s, MAX_LONG_DURATION, "8760h (a year)")
+}
+
+/// Refuses a value that begins with `-`: flags take values that may begin with a dash (so
+/// `--grace-period -5s` reports the flag and its value, not "unexpected argument '-5'"), and
+/// such a value is almost always a missing value followed by the next flag.
+fn not_flag_like(s: &str, what: &str) -> Result<(), String> {
+    if s.starts_with('-') {
+        Err(format!(
+            "{s:?} begins with '-': a missing value before the next flag? ({what})"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A path flag's value: not empty, not dash-led (`./-x` names a file called `-x`).
+pub fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path".into());
+    }
+    not_flag_like(
+        s,
+        "write ./-name for a relative path that starts with a dash",
+    )?;
+    Ok(PathBuf::from(s))
+}
+
+/// A free-text flag's value (names, URLs, filters), refused when dash-led.
+pub fn parse_text(s: &str) -> Result<String, String> {
+    not_flag_like(s, "no value of this flag begins with a dash")?;
+    Ok(s.to_string())
+}
+
+/// One `--namespaces` entry: a namespace name (an RFC 1123 label). An empty entry is refused:
+/// "every namespace" is only ever `--all-namespaces`, never an empty list.
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err(
+            "an empty namespace; name at least one namespace, or pass --all-namespaces for every namespace"
+                .into(),
+        );
+    }
+    let label = s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if label {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,8 +344,126 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_bounded() {
+        assert!(parse_poll_interval("0s").is_err());
+        assert!(parse_poll_interval("0ms").is_err());
+        assert!(parse_poll_interval("-1s").is_err());
+        assert_eq!(parse_poll_interval("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_poll_interval("1h"), Ok(MAX_POLL_INTERVAL));
+        assert!(parse_poll_interval("1h1s").is_err());
+        // Ten intervals (the /healthz stall limit) cannot overflow.
+        assert!(MAX_POLL_INTERVAL.checked_mul(10).is_some());
+        assert!(parse_long_duration("0s").is_err());
+        assert_eq!(parse_long_duration("8760h"), Ok(MAX_LONG_DURATION));
+        assert!(parse_long_duration("8761h").is_err());
+        assert!(parse_long_duration("--poll-interval").is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pod-checkpointer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_name_the_flag_and_value_even_when_dash_led() {
+        for (args, flag, value) in [
+            (&["--grace-period", "-5s"][..], "--grace-period", "-5s"),
+            (&["--poll-interval=-1s"], "--poll-interval", "-1s"),
+            (&["--poll-interval", "0s"], "--poll-interval", "0s"),
+            (&["--fallback-timeout", "0s"], "--fallback-timeout", "0s"),
+            (&["--fallback-timeout", "-5m"], "--fallback-timeout", "-5m"),
+        ] {
+            let mut all = vec!["--all-namespaces"];
+            all.extend(args);
+            let err = parse(&all).expect_err("refused").to_string();
+            assert!(err.contains(flag) && err.contains(value), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_flag_where_a_value_belongs_is_a_missing_value() {
+        let err = parse(&[
+            "--all-namespaces",
+            "--grace-period",
+            "--poll-interval",
+            "1s",
+        ])
+        .expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("'--grace-period'"), "{err}");
+        // Values after a subcommand are the subcommand's business.
+        assert!(parse(&["status", "--root", "/x"]).is_ok());
+    }
+
+    #[test]
+    fn timing_defaults() {
+        let t = parse(&["--all-namespaces"]).expect("parses").agent.timing;
+        assert_eq!(t.poll_interval, Duration::from_secs(1));
+        assert_eq!(t.grace_period, Duration::from_secs(60));
+        assert_eq!(t.fallback_timeout, Duration::from_secs(300));
+        let t = parse(&["--all-namespaces", "--fallback-timeout", "90s"])
+            .expect("parses")
+            .agent
+            .timing;
+        assert_eq!(t.fallback_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn namespaces_are_an_allow_list_or_explicitly_all() {
+        let ids = |args: &[&str]| parse(args).map(|c| c.agent.identity);
+        let some = ids(&["--namespaces", "a,b", "--namespaces", "c"]).expect("parses");
+        assert_eq!(some.namespaces, ["a", "b", "c"]);
+        assert!(!some.all_namespaces);
+        // "All" reads as an empty list to the rest of the agent.
+        let all = ids(&["--all-namespaces"]).expect("parses");
+        assert!(all.namespaces.is_empty() && all.all_namespaces);
+
+        // (args, error, whether the message must point at both flags)
+        for (args, kind, both) in [
+            (&[][..], ErrorKind::MissingRequiredArgument, true),
+            (&["--namespaces", ""], ErrorKind::ValueValidation, true),
+            (&["--namespaces="], ErrorKind::ValueValidation, true),
+            (&["--namespaces", "a,,b"], ErrorKind::ValueValidation, true),
+            (
+                &["--namespaces", "Kube-System"],
+                ErrorKind::ValueValidation,
+                false,
+            ),
+            (
+                &["--namespaces", "a", "--all-namespaces"],
+                ErrorKind::ArgumentConflict,
+                true,
+            ),
+        ] {
+            let err = ids(args).expect_err("refused");
+            assert_eq!(err.kind(), kind, "{args:?}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("--namespaces"), "{args:?}: {text}");
+            assert!(
+                !both || text.contains("--all-namespaces"),
+                "{args:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespace_names() {
+        assert!(parse_namespace("kube-system").is_ok());
+        assert!(parse_namespace(&"a".repeat(63)).is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(parse_namespace(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn root_prefixes_every_default_path() {
-        let cli = Cli::parse_from(["pod-checkpointer", "--root", "/tmp/n", "--node-name", "a"]);
+        let cli = Cli::parse_from([
+            "pod-checkpointer",
+            "--root",
+            "/tmp/n",
+            "--node-name",
+            "a",
+            "--all-namespaces",
+        ]);
         let layout = cli.agent.paths.layout();
         assert_eq!(
             layout.manifest_dir,
@@ -158,7 +473,13 @@ mod tests {
             cli.agent.lock.path(&cli.agent.paths),
             PathBuf::from("/tmp/n/var/run/lock/pod-checkpointer.lock")
         );
-        let explicit = Cli::parse_from(["pod-checkpointer", "--manifest-dir", "/m"]);
+        let explicit = Cli::parse_from([
+            "pod-checkpointer",
+            "--manifest-dir",
+            "/m",
+            "--namespaces",
+            "a",
+        ]);
         assert_eq!(
             explicit.agent.paths.layout().manifest_dir,
             PathBuf::from("/m")
@@ -177,5 +498,7 @@ mod tests {
         ));
         let cli = Cli::parse_from(["pod-checkpointer", "render", "--pod", "-"]);
         assert!(matches!(cli.command, Some(Command::Render(_))));
+        // The agent's namespace choice is the agent's: subcommands need none.
+        assert!(cli.agent.identity.namespaces.is_empty() && !cli.agent.identity.all_namespaces);
     }
 }

@@ -117,3 +117,22 @@ agent uses it.
   resources: ["daemonsets"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+Refuses a duration value the agent would refuse: zero, or longer than its maximum. Takes a dict:
+name (the value's key), value ("1m30s"; the schema has checked its form), maxMs and max (the
+limit in milliseconds and as written). Renders nothing.
+*/}}
+{{- define "pod-checkpointer.checkDuration" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- $ms := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" (toString .value) -1 -}}
+{{- $n := regexFind "^[0-9]+" . | int64 -}}
+{{- $ms = add $ms (mul $n (get $units (trimPrefix (regexFind "^[0-9]+" .) .))) -}}
+{{- end -}}
+{{- if eq (int64 $ms) 0 -}}
+{{- fail (printf "%s (%s) must be more than zero: the agent refuses a zero duration" .name (toString .value)) -}}
+{{- else if gt (int64 $ms) (int64 .maxMs) -}}
+{{- fail (printf "%s (%s) must be at most %s: the agent refuses longer" .name (toString .value) .max) -}}
+{{- end -}}
+{{- end }}
