@@ -82,8 +82,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         me,
         grace: timing.grace_period,
         namespaces: identity.namespaces,
-        // TODO(merge h-flags): timing.fallback_timeout
-        fallback_timeout: Duration::from_secs(300),
+        fallback_timeout: timing.fallback_timeout,
     };
     let reconciler = Reconciler::new(settings, store, metrics, node.view, node.runtime, api);
     let mut passes = Passes::new(reconciler, health, trigger);

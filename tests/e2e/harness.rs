@@ -253,7 +253,13 @@ impl Agent {
         let log = root.path().join("agent.log");
         let log_file = std::fs::File::create(&log).expect("agent log");
         let kubeconfig = opts.kubeconfig.unwrap_or(&node.kubeconfig);
-        let child = Command::new(env!("CARGO_BIN_EXE_pod-checkpointer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pod-checkpointer"));
+        // No namespace means every namespace, which the agent only takes when asked plainly.
+        match opts.namespaces {
+            [] => command.arg("--all-namespaces"),
+            names => command.args(["--namespaces", &names.join(",")]),
+        };
+        let child = command
             .args(["--node-name", &node.name])
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -263,7 +269,6 @@ impl Agent {
             ])
             .args(["--kubelet-url", "http://127.0.0.1:10255"])
             .args(["--poll-interval", "500ms", "--grace-period", opts.grace])
-            .args(["--namespaces", &opts.namespaces.join(",")])
             .args([
                 "--admin-addr",
                 &admin,
