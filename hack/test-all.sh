@@ -5,7 +5,8 @@
 #   3. the Helm chart and its alerts (helm lint/template, schema, promtool check/test rules), and
 #      every object it renders accepted by the real API server (kubectl apply --dry-run=server)
 #   4. end-to-end scenarios on a real single-node cluster (etcd, kube-apiserver, controller-manager,
-#      scheduler, containerd, kubelet) that tests/node/node.sh brings up and always tears down
+#      scheduler, containerd, kubelet) that tests/node/node.sh brings up self-hosted (kube-apiserver
+#      as a checkpointed DaemonSet pod) and always tears down
 # On a fresh machine it installs what it needs first (Debian packages; Kubernetes tools are built
 # from the Go module proxy and cached under ~/.cache/pod-checkpointer, so later runs are fast).
 set -euo pipefail
@@ -57,7 +58,10 @@ cleanup() {
   bash tests/node/node.sh down || true
 }
 trap cleanup EXIT
-bash tests/node/node.sh up
+# Self-hosted: kube-apiserver runs as a checkpointed DaemonSet pod (tests/node/README.md), so the
+# end-to-end suite includes the case the tool exists for; every other scenario runs on it too.
+cargo build --locked --bin pod-checkpointer
+SELF_HOSTED=1 bash tests/node/node.sh up
 eval "$(bash tests/node/node.sh env)"
 
 step "every rendered chart object accepted by the real API server (dry run)"

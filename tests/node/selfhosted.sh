@@ -157,9 +157,9 @@ EOF
 
 # The agent, with the project's chart: the image of the agent binary, the harness's CRI socket,
 # its paths under the node's /etc/kubernetes.
-# No kubelet view (chart default kubelet.enabled=false): today's agent cannot build its kubelet
-# client in an image without system CA roots, whatever --kubelet-ca-file says ("rustls tls error:
-# failed to add a root certificate: No CA certificates were loaded from the system"), and exits.
+# The agent gets both node views: the runtime (CRI socket) and the kubelet's read-only /pods
+# (which it needs to tell a parent the kubelet restarts by itself, and a successor's readiness,
+# while the API is down).
 sh_install_agent() {
   local bin copy
   bin=$(agent_bin)
@@ -168,15 +168,7 @@ sh_install_agent() {
   strip -o "$copy" "$bin" 2>/dev/null || cp "$bin" "$copy"
   build_image_tar "$SH_AGENT_IMAGE" "$copy" "$SH_DIR/agent-image.tar"
   import_image_tar "$SH_DIR/agent-image.tar"
-  # --fallback-timeout (SPEC §4 "Fallback") is passed when this build of the agent has it.
-  local extra='[]'
-  if "$copy" --help 2>/dev/null | grep -q -- --fallback-timeout; then
-    extra="[\"--fallback-timeout=$SH_FALLBACK_TIMEOUT\"]"
-    echo "$SH_FALLBACK_TIMEOUT" >"$SH_DIR/fallback-timeout"
-  else
-    log "this agent has no --fallback-timeout: installed without it"
-    rm -f "$SH_DIR/fallback-timeout"
-  fi
+  echo "$SH_FALLBACK_TIMEOUT" >"$SH_DIR/fallback-timeout"
   cat >"$SH_DIR/agent-values.json" <<EOF
 {
   "image": {"repository": "${SH_AGENT_IMAGE%:*}", "tag": "${SH_AGENT_IMAGE##*:}", "pullPolicy": "Never"},
@@ -188,8 +180,10 @@ sh_install_agent() {
   "adminPort": $SH_AGENT_ADMIN_PORT,
   "apiServer": {"host": "127.0.0.1", "port": $APISERVER_PORT},
   "cri": {"socketPath": "$SOCK"},
+  "kubelet": {"enabled": true, "url": "http://127.0.0.1:$KUBELET_RO_PORT", "tokenFile": "", "caFile": ""},
+  "fallbackTimeout": "$SH_FALLBACK_TIMEOUT",
   "hostPaths": {"stateDir": "/etc/kubernetes/pod-checkpointer-state"},
-  "extraArgs": $extra
+  "extraArgs": []
 }
 EOF
   local helm_bin; helm_bin=$(bin_tool helm)
