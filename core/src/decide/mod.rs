@@ -355,14 +355,19 @@ fn successors<'a>(
     })
 }
 
-/// Whether removal must wait: a successor exists (or one made the copy yield) that has not yet
-/// been Ready here, so the predecessor's checkpoint is the last known good.
+/// Whether removal must wait: the copy serves a controller's pod, or a successor exists (or one
+/// made the copy yield) that has not yet been Ready here, so the predecessor's checkpoint is the
+/// last known good.
 fn awaits_ready_successor(inp: &Inputs<'_>, key: &PodKey) -> bool {
     let yielded = inp.yields.get(key);
     if yielded.is_some_and(|y| y.ready_seen) {
         return false;
     }
-    yielded.is_some() || successors(inp, key).any(|(_, p)| !p.ready)
+    // A copy that serves a controller's pod is the last known good until a successor is Ready:
+    // a DaemonSet creates the replacement only after the old pod is gone, and removing the copy
+    // first would take a single self-hosted API server down with nothing to replace it.
+    let serving = inp.disk.get(key).is_some_and(|d| d.active) && controller_of(inp, key).is_some();
+    serving || yielded.is_some() || successors(inp, key).any(|(_, p)| !p.ready)
 }
 
 /// Where a checkpoint stands with the successors of its parent.

@@ -335,6 +335,30 @@ fn predecessor_is_kept_past_grace_until_a_successor_has_been_ready() {
 }
 
 #[test]
+fn serving_copy_of_a_controllers_pod_outlives_grace_until_a_successor_is_ready() {
+    // The DaemonSet deleted the old API server pod; it creates the new one only once the old is
+    // gone. Until then the copy is the only API server: grace alone does not remove it.
+    let old = key("kube-apiserver-old");
+    let serving = Tick::new()
+        .remembers(&old, pod("u1"))
+        .active(&old)
+        .deadline(&old, t(-1));
+    assert_eq!(serving.actions(), vec![]);
+    // An inactive one (nothing runs from it) goes after grace as usual, as does a copy of a pod
+    // no controller will replace.
+    let idle = Tick::new()
+        .remembers(&old, pod("u1"))
+        .inactive(&old)
+        .deadline(&old, t(-1));
+    assert!(removes(&idle.actions(), &old));
+    let bare = Tick::new()
+        .remembers(&old, pod("u1").controlled_by(None))
+        .active(&old)
+        .deadline(&old, t(-1));
+    assert!(removes(&bare.actions(), &old));
+}
+
+#[test]
 fn pods_of_another_controller_are_not_successors() {
     let (old, other) = (key("kube-apiserver-old"), key("something-else"));
     let tick = Tick::new()
