@@ -411,7 +411,13 @@ fn succession(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) -> Succession 
         }
         (None, None) => return Succession::None,
     };
-    state.ready_seen |= started.is_some_and(|(_, s)| s.ready && s.uid == state.successor);
+    // A hostNetwork successor's readiness probe can be answered by the copy that still holds
+    // the ports: its Ready counts only once the copy has stopped.
+    let copy = key.static_pod_key(inp.node_name);
+    let copy_stopped = !on_disk.active
+        && matches!(inp.running, Observation::Known(running) if !running.contains(&copy));
+    state.ready_seen |=
+        copy_stopped && started.is_some_and(|(_, s)| s.ready && s.uid == state.successor);
     let due = state
         .since
         .checked_add(inp.fallback_timeout)

@@ -359,6 +359,45 @@ fn serving_copy_of_a_controllers_pod_outlives_grace_until_a_successor_is_ready()
 }
 
 #[test]
+fn successor_ready_while_the_copy_still_holds_the_ports_does_not_count() {
+    // The successor's hostNetwork readiness probe was answered by the copy itself.
+    let (old, new) = (key("kube-apiserver-old"), key("kube-apiserver-new"));
+    let copy = old.static_pod_key(NODE);
+    let yielding = Tick::new()
+        .remembers(&old, pod("u1"))
+        .listed(&new, pod("u2").ready())
+        .active(&old)
+        .running(&copy);
+    let actions = yielding.actions();
+    assert!(actions.contains(&Action::SetYield(old.clone(), yielded("u2", t(0)))));
+    assert!(deactivates(&actions, &old, DeactivateReason::Replaced));
+    let still_running = Tick::new()
+        .remembers(&old, pod("u1"))
+        .listed(&new, pod("u2").ready())
+        .inactive(&old)
+        .running(&copy)
+        .deadline(&old, t(50))
+        .yielded(&old, yielded("u2", t(0)));
+    assert_eq!(
+        still_running.actions(),
+        vec![],
+        "the copy has not stopped yet"
+    );
+    let stopped = Tick::new()
+        .remembers(&old, pod("u1"))
+        .listed(&new, pod("u2").ready())
+        .inactive(&old)
+        .yielded(&old, yielded("u2", t(0)));
+    assert!(stopped.actions().contains(&Action::SetYield(
+        old.clone(),
+        Yield {
+            ready_seen: true,
+            ..yielded("u2", t(0))
+        }
+    )));
+}
+
+#[test]
 fn pods_of_another_controller_are_not_successors() {
     let (old, other) = (key("kube-apiserver-old"), key("something-else"));
     let tick = Tick::new()

@@ -55,11 +55,22 @@ pub fn facts(pod: &Pod) -> ApiParent {
     let finished = status
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    // Ready, and every container running now: a Ready condition can outlive the container that
+    // earned it by a probe period, and a successor that crashed is not the last known good.
+    let all_running = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            !cs.is_empty()
+                && cs
+                    .iter()
+                    .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        });
+    let ready = all_running
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
     let controller = (pod.metadata.owner_references.iter().flatten())
         .find(|o| o.controller == Some(true))
         .map(|o| o.uid.clone());

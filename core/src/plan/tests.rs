@@ -306,3 +306,26 @@ fn views_build_what_decide_borrows() {
     assert_eq!(down.api, Observation::Unknown);
     assert_eq!(down.desired, up.desired);
 }
+
+#[test]
+fn a_pod_is_ready_only_while_every_container_runs() {
+    let ready_condition = json!([{"type": "Ready", "status": "True"}]);
+    let running = PodBuilder::parent("kube-system", "api")
+        .status(json!({"phase": "Running", "conditions": ready_condition,
+            "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}]}))
+        .build();
+    assert!(facts(&running).ready);
+    // The condition outlives a container that just crashed by a probe period.
+    let crashed = PodBuilder::parent("kube-system", "api")
+        .status(json!({"phase": "Running", "conditions": ready_condition,
+            "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": true,
+                "restartCount": 1, "state": {"terminated": {"exitCode": 1}}}]}))
+        .build();
+    assert!(!facts(&crashed).ready);
+    assert!(facts(&crashed).started_here);
+    let being_deleted = PodBuilder::parent("kube-system", "api")
+        .status(json!({"phase": "Succeeded"}))
+        .build();
+    assert!(facts(&being_deleted).leaving);
+}
