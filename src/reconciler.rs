@@ -230,7 +230,16 @@ impl Reconciler {
                 self.metrics.write_errors.inc();
                 let key = action.key();
                 tracing::error!(namespace = %key.namespace, pod = %key.name, action = action.name(), reason = e.reason, error = %e.message, "checkpoint operation failed; will retry");
-                failed.insert(key.clone());
+                // A failed refresh leaves the checkpoint that was on disk in place (the manifest
+                // is replaced last, atomically): what follows, activating it included, must not
+                // depend on refreshing it. Without one on disk there is nothing to go on with.
+                let on_disk = disk
+                    .checkpoints
+                    .get(key)
+                    .is_some_and(|d| d.inactive.is_some());
+                if !(matches!(action, Action::WriteInactive(_)) && on_disk) {
+                    failed.insert(key.clone());
+                }
             }
         }
         if self.deadlines != deadlines_before
