@@ -277,7 +277,7 @@ impl Passes {
         let until = Instant::now() + DRAIN;
         loop {
             let pass = self.pass().await;
-            if pass.checkpoints_on_disk == 0 || Instant::now() >= until {
+            if pass.checkpoints_on_disk == Some(0) || Instant::now() >= until {
                 return;
             }
             let wait = self.pace(&pass).unwrap_or(DRAIN_RETRY);

@@ -78,6 +78,9 @@ pub struct Reconciler {
     /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
     api_pods: BTreeMap<PodKey, Arc<Pod>>,
     synced_once: bool,
+    /// Whether the last disk scan succeeded (`None` before the first): a failure is logged and
+    /// counted once per transition, not once per pass.
+    disk_readable: Option<bool>,
 }
 
 impl Reconciler {
@@ -109,6 +112,7 @@ impl Reconciler {
             refused: BTreeMap::new(),
             api_pods: BTreeMap::new(),
             synced_once: false,
+            disk_readable: None,
         }
     }
 
@@ -157,7 +161,19 @@ impl Reconciler {
         }
 
         self.fetch_references(&parents, api_pods.is_some()).await;
-        let disk = self.scan();
+        // Unknown is not empty: without a disk view nothing is written (it could replace a
+        // checkpoint the guards below would keep), removed or activated, the drain does not end,
+        // and the gauges keep their last values.
+        let Some(disk) = self.scan() else {
+            self.metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
+            return Pass {
+                wake_at: self.token_refresh(api_pods.is_some()),
+                acted: false,
+                checkpoints_on_disk: None,
+            };
+        };
         let checkpoints_on_disk = disk.checkpoints.len();
         let mut checkpoints = BTreeMap::new();
         let mut refused = BTreeMap::new();
@@ -253,20 +269,23 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
-        let token_refresh = self
-            .api
-            .as_ref()
-            .and_then(|a| a.tokens.next_refresh())
-            .filter(|_| api_pods.is_some());
-        let wake_at = match (decision.wake_at, token_refresh) {
+        let wake_at = match (decision.wake_at, self.token_refresh(api_pods.is_some())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Pass {
             wake_at,
             acted,
-            checkpoints_on_disk,
+            checkpoints_on_disk: Some(checkpoints_on_disk),
         }
+    }
+
+    /// When a service-account token is next due for refresh, while the API answers.
+    fn token_refresh(&self, api_up: bool) -> Option<Timestamp> {
+        self.api
+            .as_ref()
+            .and_then(|a| a.tokens.next_refresh())
+            .filter(|_| api_up)
     }
 
     /// Records the agent's DaemonSet for its static copy, once the API has named it.
@@ -372,21 +391,31 @@ impl Reconciler {
     }
 
     /// The checkpoints this agent manages: those in its namespaces (the static pod directory is
-    /// shared with other agents and other tools), and always its own.
-    fn scan(&self) -> DiskView {
-        match self.store.scan() {
+    /// shared with other agents and other tools), and always its own. `None` when the
+    /// directories could not be read: unknown, which is not "no checkpoints".
+    fn scan(&mut self) -> Option<DiskView> {
+        let result = self.store.scan();
+        let readable = result.is_ok();
+        let was = self.disk_readable.replace(readable);
+        self.metrics.disk_readable.set(i64::from(readable));
+        match result {
             Ok(mut view) => {
+                if was == Some(false) {
+                    tracing::info!("the checkpoint directories can be read again");
+                }
                 let scope = scope_of(&self.settings);
                 view.checkpoints.retain(|k, _| scope.manages(k));
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
-                view
+                Some(view)
             }
             Err(e) => {
-                self.metrics.write_errors.inc();
-                tracing::error!(error = %e, "could not read the checkpoint directories");
-                DiskView::default()
+                if was != Some(false) {
+                    self.metrics.write_errors.inc();
+                    tracing::error!(error = %e, "could not read the checkpoint directories; acting on nothing that depends on them until they can be read");
+                }
+                None
             }
         }
     }
@@ -543,9 +572,12 @@ impl Reconciler {
         self.refused = now;
     }
 
-    /// Exports checkpoint counts by state from a fresh look at the disk.
-    fn report_states(&self) {
-        let disk = self.scan();
+    /// Exports checkpoint counts by state from a fresh look at the disk. When the disk cannot be
+    /// read, the last values stay: unknown is not "none active".
+    fn report_states(&mut self) {
+        let Some(disk) = self.scan() else {
+            return;
+        };
         let (mut inactive, mut active, mut grace) = (0, 0, 0);
         self.metrics.activated_timestamp.reset();
         for (key, d) in &disk.checkpoints {
@@ -585,8 +617,9 @@ pub struct Pass {
     pub wake_at: Option<Timestamp>,
     /// Something changed on disk: look again at once, the next step may be ready.
     pub acted: bool,
-    /// Checkpoints this agent manages that were on disk at the start of the pass.
-    pub checkpoints_on_disk: usize,
+    /// Checkpoints this agent manages that were on disk at the start of the pass; `None` when
+    /// the disk could not be read (unknown, not empty: an uninstall drain goes on).
+    pub checkpoints_on_disk: Option<usize>,
 }
 
 /// Where this agent works, as the core's rules take it.

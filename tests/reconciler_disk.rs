@@ -12,7 +12,7 @@ use pod_checkpointer::metrics::Metrics;
 use pod_checkpointer::model::{Layout, Observation, PodKey};
 use pod_checkpointer::poller::{NodeView, SharedNodeView};
 use pod_checkpointer::reconciler::{Reconciler, Settings};
-use pod_checkpointer::sanitize::{self, Objects};
+use pod_checkpointer::sanitize::{self, Objects, TokenSpec};
 use pod_checkpointer::store::Store;
 use pod_checkpointer_core::fixtures::PodBuilder;
 use serde_json::json;
@@ -187,4 +187,81 @@ async fn failed_first_write_activates_nothing() {
     assert!(!w.active().exists());
     assert_eq!(w.metrics.activations.get(), 0);
     assert_eq!(w.metrics.write_errors.get(), 1, "only the write failed");
+}
+
+/// Issue 11, item 2: a scan that fails is "unknown", not "no checkpoints". The guard that keeps
+/// a checkpoint holding a token from being replaced by one without must still hold.
+#[tokio::test]
+async fn scan_error_never_replaces_a_checkpoint_that_holds_a_token() {
+    let w = World::new();
+    let parent = stopped_parent(token_volume());
+    let mut objects = Objects::default();
+    objects.tokens.insert(
+        TokenSpec {
+            audience: None,
+            expiration_seconds: 3600,
+        },
+        "a-working-token".to_owned(),
+    );
+    w.seed(&parent, &objects);
+    let token = w
+        .layout
+        .pod_secret_dir(&key())
+        .join("_volume-token")
+        .join("token");
+    assert!(token.is_file(), "seeded token at {}", token.display());
+
+    // The kubelet's static pod directory cannot be read: the disk view is unknown.
+    block_dir(&w.layout.manifest_dir);
+    // Running, so nothing would be activated either way; only the write is in question.
+    let node = node_view(vec![parent], BTreeSet::from([key()]));
+    let mut r = w.reconciler(node);
+    r.reconcile().await;
+
+    assert_eq!(
+        fs::read(&token).ok().as_deref(),
+        Some(&b"a-working-token"[..]),
+        "the token the checkpoint holds is kept"
+    );
+}
+
+/// Issue 11, item 2: while the disk cannot be read, the gauges keep their last values (an
+/// active-too-long alert must not go quiet), the pass does not claim an empty node (the
+/// uninstall drain would end), and the error is counted once, not once per pass.
+#[tokio::test]
+async fn scan_error_keeps_the_last_gauges_and_never_reports_an_empty_node() {
+    let w = World::new();
+    w.seed(&stopped_parent(downward_volume()), &Objects::default());
+    let node = node_view(vec![stopped_parent(downward_volume())], BTreeSet::new());
+    let mut r = w.reconciler(node);
+    let pass = r.reconcile().await;
+    assert!(w.active().is_file(), "activated");
+    assert_eq!(pass.checkpoints_on_disk, Some(1));
+    assert_eq!((w.gauge("active"), w.gauge("inactive")), (1, 0));
+    assert!(w.activated_series());
+    let errors_before = w.metrics.write_errors.get();
+
+    let aside = block_dir(&w.layout.inactive_manifest_dir);
+    for _ in 0..3 {
+        let pass = r.reconcile().await;
+        assert_eq!(pass.checkpoints_on_disk, None, "unknown, not empty");
+        assert!(!pass.acted);
+    }
+    assert_eq!((w.gauge("active"), w.gauge("inactive")), (1, 0));
+    assert!(
+        w.activated_series(),
+        "the activation time is still exported"
+    );
+    assert_eq!(w.metrics.disk_readable.get(), 0);
+    assert_eq!(
+        w.metrics.write_errors.get(),
+        errors_before + 1,
+        "counted once per transition"
+    );
+
+    unblock_dir(&w.layout.inactive_manifest_dir, &aside);
+    let pass = r.reconcile().await;
+    assert_eq!(pass.checkpoints_on_disk, Some(1));
+    assert_eq!(w.metrics.disk_readable.get(), 1);
+    assert_eq!((w.gauge("active"), w.gauge("inactive")), (1, 0));
 }
