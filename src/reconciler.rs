@@ -81,6 +81,8 @@ pub struct Reconciler {
     /// Whether the last disk scan succeeded (`None` before the first): a failure is logged and
     /// counted once per transition, not once per pass.
     disk_readable: Option<bool>,
+    /// Checkpoints whose activation time is exported, so only series that are gone are removed.
+    activated_series: BTreeSet<PodKey>,
 }
 
 impl Reconciler {
@@ -113,6 +115,7 @@ impl Reconciler {
             api_pods: BTreeMap::new(),
             synced_once: false,
             disk_readable: None,
+            activated_series: BTreeSet::new(),
         }
     }
 
@@ -562,12 +565,26 @@ impl Reconciler {
                 tracing::warn!(namespace = %key.namespace, pod = %key.name, action = "refuse", reason = why.reason(), error = %why, "pod cannot be checkpointed");
             }
         }
-        self.metrics.refused_pods.reset();
+        // New values first, then only the series that are gone: a scrape during the pass never
+        // sees a series missing that is still there (a `for:` alert would start over).
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         for why in now.values() {
+            *counts.entry(why.reason()).or_default() += 1;
+        }
+        for (reason, count) in &counts {
             self.metrics
                 .refused_pods
-                .with_label_values(&[why.reason()])
-                .inc();
+                .with_label_values(&[reason])
+                .set(*count);
+        }
+        for why in self.refused.values() {
+            if !counts.contains_key(why.reason()) {
+                // Already removed when several pods had this reason.
+                let _ = self
+                    .metrics
+                    .refused_pods
+                    .remove_label_values(&[why.reason()]);
+            }
         }
         self.refused = now;
     }
@@ -579,7 +596,7 @@ impl Reconciler {
             return;
         };
         let (mut inactive, mut active, mut grace) = (0, 0, 0);
-        self.metrics.activated_timestamp.reset();
+        let mut series = BTreeSet::new();
         for (key, d) in &disk.checkpoints {
             if Some(key) == self.settings.me.as_ref() {
                 continue;
@@ -598,6 +615,7 @@ impl Reconciler {
                             .activated_timestamp
                             .with_label_values(&[&key.namespace, &key.name])
                             .set(secs);
+                        series.insert(key.clone());
                     }
                 }
                 None => inactive += 1,
@@ -607,6 +625,14 @@ impl Reconciler {
         m.with_label_values(&["inactive"]).set(inactive);
         m.with_label_values(&["active"]).set(active);
         m.with_label_values(&["grace"]).set(grace);
+        // Set first, then remove only the series that are gone (see `report_refusals`).
+        for gone in self.activated_series.difference(&series) {
+            let _ = self
+                .metrics
+                .activated_timestamp
+                .remove_label_values(&[&gone.namespace, &gone.name]);
+        }
+        self.activated_series = series;
     }
 }
 
