@@ -87,7 +87,8 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// Loads the persisted deadlines. A corrupt deadline file is reported and treated as empty:
-    /// that only delays removals, it never removes anything early.
+    /// that only delays removals, it never removes anything early. A deadline more than one
+    /// grace period ahead is brought in to now + grace.
     pub fn new(
         settings: Settings,
         store: Store,
@@ -96,10 +97,27 @@ impl Reconciler {
         runtime: Option<CriClient>,
         api: Option<ApiSide>,
     ) -> Self {
-        let deadlines = store.load_deadlines().unwrap_or_else(|e| {
+        let mut deadlines = store.load_deadlines().unwrap_or_else(|e| {
             tracing::error!(error = %e, "could not read grace deadlines; starting without them");
             BTreeMap::new()
         });
+        // A deadline is set one grace period ahead, so one further out comes from a clock that
+        // stepped back or a damaged file: it must not keep a stale copy for hours.
+        let latest = Timestamp::now()
+            .checked_add(settings.grace)
+            .unwrap_or(Timestamp::MAX);
+        let mut clamped = 0;
+        for (key, at) in deadlines.iter_mut().filter(|(_, at)| **at > latest) {
+            tracing::warn!(namespace = %key.namespace, pod = %key.name, remove_at = %at, now_at_most = %latest, "grace deadline lies beyond one grace period; bringing it in");
+            *at = latest;
+            clamped += 1;
+        }
+        if clamped > 0
+            && let Err(e) = store.save_deadlines(&deadlines)
+        {
+            metrics.write_errors.inc();
+            tracing::error!(error = %e, "could not persist grace deadlines");
+        }
         Self {
             settings,
             store,
