@@ -73,7 +73,9 @@ pub struct Reconciler {
     /// Checkpoints that yielded to a successor, and how that stands.
     yields: BTreeMap<PodKey, Yield>,
     /// Since when the API has answered without a break: an outage does not count toward grace.
-    api_since: Option<Timestamp>,
+    /// Kept on the monotonic clock, as the question is "how long": a wall clock step must not
+    /// count toward grace (or take from it).
+    api_since: Option<Instant>,
     refused: BTreeMap<PodKey, Refusal>,
     /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
     api_pods: BTreeMap<PodKey, Arc<Pod>>,
@@ -164,7 +166,7 @@ impl Reconciler {
         let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
         self.api_since = match (api_pods.is_some(), self.api_since) {
             (true, Some(since)) => Some(since),
-            (true, None) => Some(Timestamp::now()),
+            (true, None) => Some(Instant::now()),
             (false, _) => None,
         };
         self.metrics
@@ -234,8 +236,13 @@ impl Reconciler {
         let remembered: BTreeMap<PodKey, ApiParent> = (self.api_pods.iter())
             .map(|(k, p)| (k.clone(), plan::facts(p)))
             .collect();
+        let now = Timestamp::now();
+        // `decide` takes wall-clock times; the elapsed part is measured, not read off the clock.
+        let api_since = self
+            .api_since
+            .map(|since| now.checked_sub(since.elapsed()).unwrap_or(Timestamp::MIN));
         let decision = decide::decide(&Inputs {
-            now: Timestamp::now(),
+            now,
             grace: self.settings.grace,
             node_name: &self.settings.node_name,
             me: self.settings.me.as_ref(),
@@ -248,7 +255,7 @@ impl Reconciler {
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
-            api_since: self.api_since,
+            api_since,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
             replaced,
