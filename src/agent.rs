@@ -25,6 +25,8 @@ use crate::watch::{Events, ObjectWatches, OwnerWatch, PodWatch, Tokens, Trigger}
 
 /// Local state is looked at this often even when nothing changes (repairs, deadlines).
 const RESYNC: Duration = Duration::from_secs(10);
+/// How soon a pass whose wake-up time has already passed runs (see `until_due`).
+const PAST_DUE: Duration = Duration::from_secs(1);
 /// Passes run back to back while each one changes something, at most this many in a row.
 const MAX_QUICK_PASSES: u32 = 5;
 /// How long a SIGTERM during uninstall waits for the node to be clean (the chart gives 30s).
@@ -277,7 +279,7 @@ impl Passes {
         let until = Instant::now() + DRAIN;
         loop {
             let pass = self.pass().await;
-            if pass.checkpoints_on_disk == 0 || Instant::now() >= until {
+            if pass.checkpoints_on_disk == Some(0) || Instant::now() >= until {
                 return;
             }
             let wait = self.pace(&pass).unwrap_or(DRAIN_RETRY);
@@ -307,11 +309,15 @@ impl Passes {
     }
 }
 
-/// Until the pass's own next deadline, and never longer than `RESYNC`.
+/// Until the pass's own next deadline, and never longer than `RESYNC`. A deadline already past
+/// (it fell due during the pass, or the clock stepped) is looked at after `PAST_DUE`, not after
+/// a resync; never sooner, so a source that keeps reporting a past time (a token refresh that
+/// keeps failing) cannot make the loop spin.
 fn until_due(pass: &Pass) -> Duration {
-    pass.wake_at
-        .and_then(|at| Duration::try_from(at.duration_since(jiff::Timestamp::now())).ok())
-        .map_or(RESYNC, |d| d.min(RESYNC))
+    pass.wake_at.map_or(RESYNC, |at| {
+        let ahead = at.duration_since(jiff::Timestamp::now());
+        Duration::try_from(ahead).map_or(PAST_DUE, |d| d.min(RESYNC))
+    })
 }
 
 /// The agent's background tasks, stopped together in one place.
@@ -349,5 +355,33 @@ impl Tasks {
             Ok(Err(e)) => Err(e).context("admin server"),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_at(at: jiff::Timestamp) -> Pass {
+        Pass {
+            wake_at: Some(at),
+            acted: false,
+            checkpoints_on_disk: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_wake_up_already_past_runs_the_next_pass_soon_not_after_a_resync() {
+        let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
+        assert!(until_due(&due_at(past)) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_wake_up_ahead_waits_for_it_but_never_past_a_resync() {
+        let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+        let wait = until_due(&due_at(soon));
+        assert!(wait > Duration::from_secs(2) && wait <= Duration::from_secs(3));
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+        assert_eq!(until_due(&due_at(later)), RESYNC);
     }
 }

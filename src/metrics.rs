@@ -42,6 +42,9 @@ pub struct Metrics {
     pub write_errors: IntCounter,
     /// 1 in the copy of the agent that holds the node lock and works; 0 in the one that waits.
     pub lock_held: IntGauge,
+    /// 0 while the checkpoint directories cannot be read: the agent then acts on nothing that
+    /// depends on them, and the `checkpoints` gauges hold their last values.
+    pub disk_readable: IntGauge,
     build_info: GaugeVec,
 }
 
@@ -130,6 +133,10 @@ impl Metrics {
                 "lock_held",
                 "1 when this process holds the node lock and does the work.",
             ))?,
+            disk_readable: IntGauge::with_opts(opts(
+                "disk_readable",
+                "0 while the checkpoint directories cannot be read (checkpoint gauges then hold their last values), else 1.",
+            ))?,
             build_info: GaugeVec::new(
                 opts("build_info", "Build information; always 1."),
                 &["version"],
@@ -140,6 +147,8 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
+        // Until a scan says otherwise: a copy standing by must not look like a broken disk.
+        m.disk_readable.set(1);
         for state in ["inactive", "active", "grace"] {
             m.checkpoints.with_label_values(&[state]).set(0);
         }
@@ -166,6 +175,7 @@ impl Metrics {
         r.register(Box::new(self.api_errors.clone()))?;
         r.register(Box::new(self.write_errors.clone()))?;
         r.register(Box::new(self.lock_held.clone()))?;
+        r.register(Box::new(self.disk_readable.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -73,16 +73,24 @@ pub struct Reconciler {
     /// Checkpoints that yielded to a successor, and how that stands.
     yields: BTreeMap<PodKey, Yield>,
     /// Since when the API has answered without a break: an outage does not count toward grace.
-    api_since: Option<Timestamp>,
+    /// Kept on the monotonic clock, as the question is "how long": a wall clock step must not
+    /// count toward grace (or take from it).
+    api_since: Option<Instant>,
     refused: BTreeMap<PodKey, Refusal>,
     /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
     api_pods: BTreeMap<PodKey, Arc<Pod>>,
     synced_once: bool,
+    /// Whether the last disk scan succeeded (`None` before the first): a failure is logged and
+    /// counted once per transition, not once per pass.
+    disk_readable: Option<bool>,
+    /// Checkpoints whose activation time is exported, so only series that are gone are removed.
+    activated_series: BTreeSet<PodKey>,
 }
 
 impl Reconciler {
     /// Loads the persisted deadlines. A corrupt deadline file is reported and treated as empty:
-    /// that only delays removals, it never removes anything early.
+    /// that only delays removals, it never removes anything early. A deadline more than one
+    /// grace period ahead is brought in to now + grace.
     pub fn new(
         settings: Settings,
         store: Store,
@@ -91,10 +99,27 @@ impl Reconciler {
         runtime: Option<CriClient>,
         api: Option<ApiSide>,
     ) -> Self {
-        let deadlines = store.load_deadlines().unwrap_or_else(|e| {
+        let mut deadlines = store.load_deadlines().unwrap_or_else(|e| {
             tracing::error!(error = %e, "could not read grace deadlines; starting without them");
             BTreeMap::new()
         });
+        // A deadline is set one grace period ahead, so one further out comes from a clock that
+        // stepped back or a damaged file: it must not keep a stale copy for hours.
+        let latest = Timestamp::now()
+            .checked_add(settings.grace)
+            .unwrap_or(Timestamp::MAX);
+        let mut clamped = 0;
+        for (key, at) in deadlines.iter_mut().filter(|(_, at)| **at > latest) {
+            tracing::warn!(namespace = %key.namespace, pod = %key.name, remove_at = %at, now_at_most = %latest, "grace deadline lies beyond one grace period; bringing it in");
+            *at = latest;
+            clamped += 1;
+        }
+        if clamped > 0
+            && let Err(e) = store.save_deadlines(&deadlines)
+        {
+            metrics.write_errors.inc();
+            tracing::error!(error = %e, "could not persist grace deadlines");
+        }
         Self {
             settings,
             store,
@@ -109,6 +134,8 @@ impl Reconciler {
             refused: BTreeMap::new(),
             api_pods: BTreeMap::new(),
             synced_once: false,
+            disk_readable: None,
+            activated_series: BTreeSet::new(),
         }
     }
 
@@ -139,7 +166,7 @@ impl Reconciler {
         let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
         self.api_since = match (api_pods.is_some(), self.api_since) {
             (true, Some(since)) => Some(since),
-            (true, None) => Some(Timestamp::now()),
+            (true, None) => Some(Instant::now()),
             (false, _) => None,
         };
         self.metrics
@@ -157,7 +184,19 @@ impl Reconciler {
         }
 
         self.fetch_references(&parents, api_pods.is_some()).await;
-        let disk = self.scan();
+        // Unknown is not empty: without a disk view nothing is written (it could replace a
+        // checkpoint the guards below would keep), removed or activated, the drain does not end,
+        // and the gauges keep their last values.
+        let Some(disk) = self.scan() else {
+            self.metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
+            return Pass {
+                wake_at: self.token_refresh(api_pods.is_some()),
+                acted: false,
+                checkpoints_on_disk: None,
+            };
+        };
         let checkpoints_on_disk = disk.checkpoints.len();
         let mut checkpoints = BTreeMap::new();
         let mut refused = BTreeMap::new();
@@ -197,8 +236,13 @@ impl Reconciler {
         let remembered: BTreeMap<PodKey, ApiParent> = (self.api_pods.iter())
             .map(|(k, p)| (k.clone(), plan::facts(p)))
             .collect();
+        let now = Timestamp::now();
+        // `decide` takes wall-clock times; the elapsed part is measured, not read off the clock.
+        let api_since = self
+            .api_since
+            .map(|since| now.checked_sub(since.elapsed()).unwrap_or(Timestamp::MIN));
         let decision = decide::decide(&Inputs {
-            now: Timestamp::now(),
+            now,
             grace: self.settings.grace,
             node_name: &self.settings.node_name,
             me: self.settings.me.as_ref(),
@@ -211,7 +255,7 @@ impl Reconciler {
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
-            api_since: self.api_since,
+            api_since,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
             replaced,
@@ -230,7 +274,16 @@ impl Reconciler {
                 self.metrics.write_errors.inc();
                 let key = action.key();
                 tracing::error!(namespace = %key.namespace, pod = %key.name, action = action.name(), reason = e.reason, error = %e.message, "checkpoint operation failed; will retry");
-                failed.insert(key.clone());
+                // A failed refresh leaves the checkpoint that was on disk in place (the manifest
+                // is replaced last, atomically): what follows, activating it included, must not
+                // depend on refreshing it. Without one on disk there is nothing to go on with.
+                let on_disk = disk
+                    .checkpoints
+                    .get(key)
+                    .is_some_and(|d| d.inactive.is_some());
+                if !(matches!(action, Action::WriteInactive(_)) && on_disk) {
+                    failed.insert(key.clone());
+                }
             }
         }
         if self.deadlines != deadlines_before
@@ -244,20 +297,23 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
-        let token_refresh = self
-            .api
-            .as_ref()
-            .and_then(|a| a.tokens.next_refresh())
-            .filter(|_| api_pods.is_some());
-        let wake_at = match (decision.wake_at, token_refresh) {
+        let wake_at = match (decision.wake_at, self.token_refresh(api_pods.is_some())) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Pass {
             wake_at,
             acted,
-            checkpoints_on_disk,
+            checkpoints_on_disk: Some(checkpoints_on_disk),
         }
+    }
+
+    /// When a service-account token is next due for refresh, while the API answers.
+    fn token_refresh(&self, api_up: bool) -> Option<Timestamp> {
+        self.api
+            .as_ref()
+            .and_then(|a| a.tokens.next_refresh())
+            .filter(|_| api_up)
     }
 
     /// Records the agent's DaemonSet for its static copy, once the API has named it.
@@ -363,21 +419,31 @@ impl Reconciler {
     }
 
     /// The checkpoints this agent manages: those in its namespaces (the static pod directory is
-    /// shared with other agents and other tools), and always its own.
-    fn scan(&self) -> DiskView {
-        match self.store.scan() {
+    /// shared with other agents and other tools), and always its own. `None` when the
+    /// directories could not be read: unknown, which is not "no checkpoints".
+    fn scan(&mut self) -> Option<DiskView> {
+        let result = self.store.scan();
+        let readable = result.is_ok();
+        let was = self.disk_readable.replace(readable);
+        self.metrics.disk_readable.set(i64::from(readable));
+        match result {
             Ok(mut view) => {
+                if was == Some(false) {
+                    tracing::info!("the checkpoint directories can be read again");
+                }
                 let scope = scope_of(&self.settings);
                 view.checkpoints.retain(|k, _| scope.manages(k));
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
-                view
+                Some(view)
             }
             Err(e) => {
-                self.metrics.write_errors.inc();
-                tracing::error!(error = %e, "could not read the checkpoint directories");
-                DiskView::default()
+                if was != Some(false) {
+                    self.metrics.write_errors.inc();
+                    tracing::error!(error = %e, "could not read the checkpoint directories; acting on nothing that depends on them until they can be read");
+                }
+                None
             }
         }
     }
@@ -524,21 +590,38 @@ impl Reconciler {
                 tracing::warn!(namespace = %key.namespace, pod = %key.name, action = "refuse", reason = why.reason(), error = %why, "pod cannot be checkpointed");
             }
         }
-        self.metrics.refused_pods.reset();
+        // New values first, then only the series that are gone: a scrape during the pass never
+        // sees a series missing that is still there (a `for:` alert would start over).
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         for why in now.values() {
+            *counts.entry(why.reason()).or_default() += 1;
+        }
+        for (reason, count) in &counts {
             self.metrics
                 .refused_pods
-                .with_label_values(&[why.reason()])
-                .inc();
+                .with_label_values(&[reason])
+                .set(*count);
+        }
+        for why in self.refused.values() {
+            if !counts.contains_key(why.reason()) {
+                // Already removed when several pods had this reason.
+                let _ = self
+                    .metrics
+                    .refused_pods
+                    .remove_label_values(&[why.reason()]);
+            }
         }
         self.refused = now;
     }
 
-    /// Exports checkpoint counts by state from a fresh look at the disk.
-    fn report_states(&self) {
-        let disk = self.scan();
+    /// Exports checkpoint counts by state from a fresh look at the disk. When the disk cannot be
+    /// read, the last values stay: unknown is not "none active".
+    fn report_states(&mut self) {
+        let Some(disk) = self.scan() else {
+            return;
+        };
         let (mut inactive, mut active, mut grace) = (0, 0, 0);
-        self.metrics.activated_timestamp.reset();
+        let mut series = BTreeSet::new();
         for (key, d) in &disk.checkpoints {
             if Some(key) == self.settings.me.as_ref() {
                 continue;
@@ -557,6 +640,7 @@ impl Reconciler {
                             .activated_timestamp
                             .with_label_values(&[&key.namespace, &key.name])
                             .set(secs);
+                        series.insert(key.clone());
                     }
                 }
                 None => inactive += 1,
@@ -566,6 +650,14 @@ impl Reconciler {
         m.with_label_values(&["inactive"]).set(inactive);
         m.with_label_values(&["active"]).set(active);
         m.with_label_values(&["grace"]).set(grace);
+        // Set first, then remove only the series that are gone (see `report_refusals`).
+        for gone in self.activated_series.difference(&series) {
+            let _ = self
+                .metrics
+                .activated_timestamp
+                .remove_label_values(&[&gone.namespace, &gone.name]);
+        }
+        self.activated_series = series;
     }
 }
 
@@ -576,8 +668,9 @@ pub struct Pass {
     pub wake_at: Option<Timestamp>,
     /// Something changed on disk: look again at once, the next step may be ready.
     pub acted: bool,
-    /// Checkpoints this agent manages that were on disk at the start of the pass.
-    pub checkpoints_on_disk: usize,
+    /// Checkpoints this agent manages that were on disk at the start of the pass; `None` when
+    /// the disk could not be read (unknown, not empty: an uninstall drain goes on).
+    pub checkpoints_on_disk: Option<usize>,
 }
 
 /// Where this agent works, as the core's rules take it.
