@@ -314,7 +314,7 @@ impl TimingArgs {
     /// per poll interval, so several intervals, and never so little that a slow pass restarts
     /// the pod.
     pub fn stall_after(&self) -> Duration {
-        (self.poll_interval * 10).max(Duration::from_secs(30))
+        (self.poll_interval.saturating_mul(10)).max(Duration::from_secs(30))
     }
 }
 
