@@ -404,9 +404,12 @@ fn succession(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) -> Succession 
         (None, Some(y)) if y.ready_seen || y.fell_back => y.clone(),
         (None, Some(y)) => {
             // The successor it yielded to is gone before it was Ready (a rollback deleted
-            // it): the copy comes back at once. Unseen (no API, no kubelet): wait for the timeout.
+            // it): the copy comes back at once. Still listed but not seen started (the
+            // kubelet's `/pods` carries the status the API last gave it), or nothing answers:
+            // wait for the timeout.
             let mut y = y.clone();
-            y.fell_back |= pods_here(inp).is_some();
+            let listed = successors(inp, key).any(|(_, p)| p.uid == y.successor);
+            y.fell_back |= pods_here(inp).is_some() && !listed;
             y
         }
         (None, None) => return Succession::None,

@@ -540,6 +540,23 @@ fn successor_deleted_before_it_was_ready_brings_the_copy_back_at_once() {
 }
 
 #[test]
+fn successor_the_kubelet_lists_without_a_started_status_still_has_its_time() {
+    // With the API down, the kubelet's `/pods` carries the status the API last gave the new
+    // pod ("Pending"), though its container runs: that is no reason to come back early.
+    let (old, new) = (key("kube-apiserver-old"), key("kube-apiserver-new"));
+    let tick = Tick::new()
+        .api_down()
+        .remembers(&old, pod("u1"))
+        .kubelet_lists(&new, pod("u2").not_started())
+        .inactive(&old)
+        .yielded(&old, yielded("u2", t(0)))
+        .at(t(5));
+    let d = tick.decide();
+    assert!(!activates(&d.actions, &old), "{:?}", d.actions);
+    assert_eq!(d.wake_at, Some(t(300)));
+}
+
+#[test]
 fn a_copy_never_runs_beside_a_started_successor_that_has_time_left() {
     // Table over the views: whatever the API, kubelet and runtime say, a predecessor whose
     // started successor is within its fallback window is never (re)activated.
