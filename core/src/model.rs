@@ -14,6 +14,10 @@ pub const CHECKPOINT_OF_ANNOTATION: &str = "checkpointer.alpha.coreos.com/checkp
 pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
 /// Set on the API's mirror of a static pod; mirrors are never parents.
 pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Name prefix of the store's temporary files. Dot-prefixed so the kubelet ignores them in its
+/// static-pod directory; the store deletes leftovers with this prefix (and only those) and refuses
+/// to place a side file under such a name, so `sanitize` refuses keys and paths that use it.
+pub const TMP_PREFIX: &str = ".pod-checkpointer-tmp-";
 
 /// Identifies a parent, and therefore its checkpoint, across the API, the node and the disk.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
     CHECKPOINT_ANNOTATION, CHECKPOINT_OF_ANNOTATION, CONFIG_MIRROR_ANNOTATION,
-    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Owner, PodKey,
+    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Owner, PodKey, TMP_PREFIX,
 };
 
 pub use references::{References, TokenSpec, references};
@@ -147,7 +147,7 @@ pub enum Refusal {
     NoSpec,
     /// A namespace, pod, volume or object name that is not safe as a path component.
     #[error(
-        "invalid {what} {name:?}: a name used in a path must be 1-253 characters of [a-z0-9.-] and not \".\" or \"..\""
+        "invalid {what} {name:?}: a name used in a path must be 1-253 characters of [a-z0-9.-], not \".\" or \"..\", and not start with {TMP_PREFIX:?} (reserved for the agent's temporary files)"
     )]
     InvalidName { what: &'static str, name: String },
     /// A key or item path that could escape its directory.
@@ -155,6 +155,12 @@ pub enum Refusal {
         "unsafe path {path:?} in {context}: keys and paths must be non-empty, relative, free of NUL, and no component may be or start with \"..\""
     )]
     UnsafePath { context: String, path: String },
+    /// A key or item path with a component the store reserves for its temporary files: valid in
+    /// Kubernetes, but the store would refuse (and sweep) the file on every pass.
+    #[error(
+        "key or path {path:?} in {context} has a component starting with {TMP_PREFIX:?}, which the agent reserves for its temporary files; rename the key or set items[].path"
+    )]
+    ReservedPath { context: String, path: String },
     /// A volume a static pod cannot carry (PVC, ephemeral, clusterTrustBundle, podCertificate).
     #[error("volume {volume:?} is {kind}, which a static pod cannot carry")]
     UnsupportedVolume { volume: String, kind: String },
@@ -207,6 +213,7 @@ impl Refusal {
             Refusal::NoSpec => "invalid_pod",
             Refusal::InvalidName { .. } => "invalid_name",
             Refusal::UnsafePath { .. } => "unsafe_path",
+            Refusal::ReservedPath { .. } => "reserved_path",
             Refusal::UnsupportedVolume { .. } => "unsupported_volume",
             Refusal::UnsupportedField { .. } => "unsupported_field",
             Refusal::MissingObject { .. } => "missing_object",
@@ -367,12 +374,14 @@ fn owner_of(spec: &PodSpec) -> Owner {
     }
 }
 
-/// Accepts only names that are safe as one path component: `[a-z0-9.-]{1,253}`, not `.`/`..`.
+/// Accepts only names that are safe as one path component: `[a-z0-9.-]{1,253}`, not `.`/`..`,
+/// and not starting with the store's [`TMP_PREFIX`].
 fn check_name(what: &'static str, name: &str) -> Result<(), Refusal> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
+        && !name.starts_with(TMP_PREFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
@@ -388,7 +397,8 @@ fn check_name(what: &'static str, name: &str) -> Result<(), Refusal> {
 
 /// Splits a key or item path into components that cannot leave their directory (the kubelet's
 /// rule, tightened to every component): relative, no NUL, no component that is or starts with `..`.
-/// Empty and `.` components are dropped, as `filepath.Join` would.
+/// Empty and `.` components are dropped, as `filepath.Join` would. A component starting with the
+/// store's [`TMP_PREFIX`] is refused too: the store would never write it.
 fn safe_relative<'p>(path: &'p str, context: &str) -> Result<Vec<&'p str>, Refusal> {
     let unsafe_path = || Refusal::UnsafePath {
         context: context.to_owned(),
@@ -403,6 +413,12 @@ fn safe_relative<'p>(path: &'p str, context: &str) -> Result<Vec<&'p str>, Refus
         .collect();
     if components.is_empty() || components.iter().any(|c| c.starts_with("..")) {
         return Err(unsafe_path());
+    }
+    if components.iter().any(|c| c.starts_with(TMP_PREFIX)) {
+        return Err(Refusal::ReservedPath {
+            context: context.to_owned(),
+            path: path.to_owned(),
+        });
     }
     Ok(components)
 }
