@@ -123,7 +123,104 @@ impl Layout {
 }
 
 /// Keys and values of one Secret or ConfigMap (`data` and `binaryData` merged), as fetched.
-pub type KeyData = BTreeMap<String, Vec<u8>>;
+///
+/// Its `Debug` shows each key and the size of its value, never the value: these are Secrets, and
+/// one `?` in a log line must not leak them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KeyData {
+    entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl KeyData {
+    /// No keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`; of two entries for one key, the later one wins.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.entries.insert(key.into(), value.into());
+    }
+
+    /// The value of `key`, if the object has it.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key with its value, in key order.
+    pub fn iter(&self) -> Iter<'_> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the object has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The iterator of [`KeyData::iter`].
+pub type Iter<'a> = std::iter::Map<
+    std::collections::btree_map::Iter<'a, String, Vec<u8>>,
+    fn((&'a String, &'a Vec<u8>)) -> (&'a str, &'a [u8]),
+>;
+
+impl<'a> IntoIterator for &'a KeyData {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for KeyData {
+    /// Of two entries for one key, the later one wins.
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
+        Self {
+            entries: iter.into_iter().collect(),
+        }
+    }
+}
+
+impl From<BTreeMap<String, Vec<u8>>> for KeyData {
+    fn from(entries: BTreeMap<String, Vec<u8>>) -> Self {
+        Self { entries }
+    }
+}
+
+impl fmt::Debug for KeyData {
+    /// `{"key": 12 bytes, ...}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (k, Redacted(v))))
+            .finish()
+    }
+}
+
+/// Shows bytes as their size only (`12 bytes`), for `Debug` impls of types that hold Secrets.
+#[derive(Clone, Copy)]
+pub struct Redacted<'a>(pub &'a [u8]);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+/// Shows permission bits in octal (`0o644`), as they are written in a pod spec's comments.
+#[derive(Clone, Copy)]
+pub struct Mode(pub u32);
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#o}", self.0)
+    }
+}
 
 impl PodKey {
     /// The agent's own parent, from its pod name: the DaemonSet pod is its own parent, and the

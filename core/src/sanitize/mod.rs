@@ -20,6 +20,7 @@ mod tests;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
     CHECKPOINT_ANNOTATION, CHECKPOINT_OF_ANNOTATION, CONFIG_MIRROR_ANNOTATION,
-    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Owner, PodKey, TMP_PREFIX,
+    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Mode, Owner, PodKey, Redacted,
+    TMP_PREFIX,
 };
 
 pub use references::{References, TokenSpec, references};
@@ -40,8 +42,8 @@ const DEFAULT_MODE: u32 = 0o644;
 const MAX_NAME_LEN: usize = 253;
 
 /// The referenced objects as fetched by the shell. An absent name means "not found", which
-/// `optional` sources tolerate and others refuse.
-#[derive(Clone, Debug, Default)]
+/// `optional` sources tolerate and others refuse. `Debug` shows names, keys and sizes only.
+#[derive(Clone, Default)]
 pub struct Objects {
     /// Secrets by name.
     pub secrets: BTreeMap<String, KeyData>,
@@ -51,8 +53,26 @@ pub struct Objects {
     pub tokens: BTreeMap<TokenSpec, String>,
 }
 
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tokens = DebugWith(|f: &mut fmt::Formatter<'_>| {
+            f.debug_map()
+                .entries(
+                    (self.tokens.iter()).map(|(spec, token)| (spec, Redacted(token.as_bytes()))),
+                )
+                .finish()
+        });
+        f.debug_struct("Objects")
+            .field("secrets", &self.secrets)
+            .field("config_maps", &self.config_maps)
+            .field("tokens", &tokens)
+            .finish()
+    }
+}
+
 /// Whether a side path is a directory or a file, so the store can create it with the right kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` shows a file's size and mode, never its content.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SideEntry {
     /// A directory (0700 on disk, SPEC §2).
     Dir,
@@ -63,6 +83,19 @@ pub enum SideEntry {
         /// Permission bits.
         mode: u32,
     },
+}
+
+impl fmt::Debug for SideEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SideEntry::Dir => f.write_str("Dir"),
+            SideEntry::File { data, mode } => f
+                .debug_struct("File")
+                .field("data", &Redacted(data))
+                .field("mode", &Mode(*mode))
+                .finish(),
+        }
+    }
 }
 
 /// One directory or file the checkpoint needs on disk. `path` is absolute (under
@@ -88,8 +121,10 @@ pub enum Warning {
     },
 }
 
-/// A sanitized parent, ready to be written.
-#[derive(Clone, Debug)]
+/// A sanitized parent, ready to be written. `Debug` shows the manifest's shape (containers,
+/// volumes, size) and the side files' paths, sizes and modes: the manifest holds literal env values
+/// taken from Secrets, and the files hold their keys.
+#[derive(Clone)]
 pub struct Checkpoint {
     /// The parent's key; the checkpoint is stored and found under it.
     pub key: PodKey,
@@ -100,6 +135,48 @@ pub struct Checkpoint {
     pub files: Vec<SideFile>,
     /// What is missing but not fatal (a token not obtained yet); to be logged.
     pub warnings: Vec<Warning>,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.manifest.spec.as_ref();
+        fn names(containers: Option<&Vec<Container>>) -> Vec<&str> {
+            (containers.into_iter().flatten())
+                .map(|c| c.name.as_str())
+                .collect()
+        }
+        let manifest = DebugWith(|f: &mut fmt::Formatter<'_>| {
+            f.debug_struct("Pod")
+                .field("containers", &names(spec.map(|s| &s.containers)))
+                .field(
+                    "init_containers",
+                    &names(spec.and_then(|s| s.init_containers.as_ref())),
+                )
+                .field(
+                    "volumes",
+                    &(spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten())
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .field("json", &Redacted(&self.manifest_bytes()))
+                .finish_non_exhaustive()
+        });
+        f.debug_struct("Checkpoint")
+            .field("key", &self.key)
+            .field("manifest", &manifest)
+            .field("files", &self.files)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+/// A `Debug` written by a closure, for the redacted impls above.
+struct DebugWith<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Debug for DebugWith<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
 }
 
 impl Checkpoint {

@@ -204,7 +204,7 @@ impl<'a> Ctx<'a> {
         let (Some(items), Some(item_paths)) = (view.items(), item_paths) else {
             for (key, value) in data {
                 let components = safe_relative(key, &context)?;
-                tree.file(dir, &components, value.clone(), view.default_mode);
+                tree.file(dir, &components, value.to_vec(), view.default_mode);
             }
             return Ok(());
         };
@@ -212,7 +212,7 @@ impl<'a> Ctx<'a> {
             match data.get(&item.key) {
                 Some(value) => {
                     let mode = mode_or(item.mode, view.default_mode);
-                    tree.file(dir, &components, value.clone(), mode);
+                    tree.file(dir, &components, value.to_vec(), mode);
                 }
                 None if view.optional => {}
                 None => {

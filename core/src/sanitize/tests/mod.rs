@@ -6,6 +6,7 @@ mod env;
 mod output;
 mod projected;
 mod properties;
+mod redaction;
 mod spec;
 mod volumes;
 
