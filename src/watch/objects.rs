@@ -233,3 +233,24 @@ fn text(map: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (String,
         .flatten()
         .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_an_object_state_shows_keys_and_sizes_never_values() {
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                "password".to_owned(),
+                ByteString(b"s3cr3t-password".to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        let state = ObjectState::Found(secret.key_data());
+        for text in [format!("{state:?}"), format!("{state:#?}")] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("\"password\": 15 bytes"), "{text}");
+        }
+    }
+}
