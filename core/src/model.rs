@@ -122,13 +122,19 @@ impl Layout {
     }
 }
 
-/// Keys and values of one Secret or ConfigMap (`data` and `binaryData` merged), as fetched.
+/// Keys and values of one Secret or ConfigMap, as fetched.
+///
+/// A ConfigMap's `binaryData` is kept apart from its `data`, because the kubelet reads them
+/// differently: a volume projects both, while `env` and `envFrom` only ever read `data`.
 ///
 /// Its `Debug` shows each key and the size of its value, never the value: these are Secrets, and
 /// one `?` in a log line must not leak them.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KeyData {
-    entries: BTreeMap<String, Vec<u8>>,
+    /// What every consumer reads: a Secret's `data` (and `stringData`), a ConfigMap's `data`.
+    data: BTreeMap<String, Vec<u8>>,
+    /// A ConfigMap's `binaryData`: projected into volumes, invisible to env.
+    binary_data: BTreeMap<String, Vec<u8>>,
 }
 
 impl KeyData {
@@ -137,67 +143,91 @@ impl KeyData {
         Self::default()
     }
 
-    /// Sets `key` to `value`; of two entries for one key, the later one wins.
+    /// Sets `key` of `data` (a Secret's keys, a ConfigMap's `data`); the later value wins.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
-        self.entries.insert(key.into(), value.into());
+        self.data.insert(key.into(), value.into());
     }
 
-    /// The value of `key`, if the object has it.
-    pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.entries.get(key).map(Vec::as_slice)
+    /// Sets `key` of a ConfigMap's `binaryData`; the later value wins.
+    pub fn insert_binary(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.binary_data.insert(key.into(), value.into());
     }
 
-    /// Every key with its value, in key order.
-    pub fn iter(&self) -> Iter<'_> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    /// The file a volume shows for `key`. A key in both maps (which the API server refuses) reads
+    /// `binaryData`, as the kubelet's volume does when it projects every key.
+    pub fn file(&self, key: &str) -> Option<&[u8]> {
+        (self.binary_data.get(key))
+            .or_else(|| self.data.get(key))
+            .map(Vec::as_slice)
     }
 
-    /// How many keys.
+    /// Every file a volume shows, in key order (see [`KeyData::file`]).
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut merged: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        for (key, value) in self.data.iter().chain(&self.binary_data) {
+            merged.insert(key, value);
+        }
+        merged.into_iter()
+    }
+
+    /// The value `env` and `envFrom` read for `key`: `data` only.
+    pub fn env_value(&self, key: &str) -> Option<&[u8]> {
+        self.data.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key `envFrom` reads, in key order: `data` only.
+    pub fn env_values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        (self.data.iter()).map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// How many files a volume shows.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.files().count()
     }
 
     /// Whether the object has no keys.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// The iterator of [`KeyData::iter`].
-pub type Iter<'a> = std::iter::Map<
-    std::collections::btree_map::Iter<'a, String, Vec<u8>>,
-    fn((&'a String, &'a Vec<u8>)) -> (&'a str, &'a [u8]),
->;
-
-impl<'a> IntoIterator for &'a KeyData {
-    type Item = (&'a str, &'a [u8]);
-    type IntoIter = Iter<'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
+        self.data.is_empty() && self.binary_data.is_empty()
     }
 }
 
 impl FromIterator<(String, Vec<u8>)> for KeyData {
-    /// Of two entries for one key, the later one wins.
+    /// Keys of `data`; of two entries for one key, the later one wins.
     fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
         Self {
-            entries: iter.into_iter().collect(),
+            data: iter.into_iter().collect(),
+            binary_data: BTreeMap::new(),
         }
     }
 }
 
 impl From<BTreeMap<String, Vec<u8>>> for KeyData {
-    fn from(entries: BTreeMap<String, Vec<u8>>) -> Self {
-        Self { entries }
+    /// Keys of `data`.
+    fn from(data: BTreeMap<String, Vec<u8>>) -> Self {
+        Self {
+            data,
+            binary_data: BTreeMap::new(),
+        }
     }
 }
 
 impl fmt::Debug for KeyData {
-    /// `{"key": 12 bytes, ...}`.
+    /// `KeyData { data: {"key": 12 bytes, ...}, binary_data: {...} }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyData")
+            .field("data", &RedactedMap(&self.data))
+            .field("binary_data", &RedactedMap(&self.binary_data))
+            .finish()
+    }
+}
+
+/// A map of values shown as their sizes.
+struct RedactedMap<'a>(&'a BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for RedactedMap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.iter().map(|(k, v)| (k, Redacted(v))))
+            .entries(self.0.iter().map(|(k, v)| (k, Redacted(v))))
             .finish()
     }
 }

@@ -267,7 +267,9 @@ pub enum Refusal {
         key: String,
         needed_by: String,
     },
-    /// A referenced value that is not UTF-8, so it cannot be written as a literal env value.
+    /// A referenced Secret value that is not UTF-8, so it cannot be written as a literal env value
+    /// (nor can the kubelet pass it on: CRI strings must be UTF-8, so the parent's container cannot
+    /// start either).
     #[error(
         "env {env:?} of container {container:?} comes from key {key:?} of {kind} {name:?}, whose value is not UTF-8 and cannot be a literal"
     )]
@@ -278,6 +280,12 @@ pub enum Refusal {
         name: String,
         key: String,
     },
+    /// An `env` name the API accepts (printable ASCII but `=`) that the kubelet refuses in a static
+    /// pod: it validates static pods with the strict rule, so it would reject the whole checkpoint.
+    #[error(
+        "env {env:?} of container {container:?} is not a name the kubelet accepts in a static pod: it must match [-._a-zA-Z][-._a-zA-Z0-9]* and not be \".\" or start with \"..\""
+    )]
+    InvalidEnvName { container: String, env: String },
     /// Two keys or items that need the same path as different things (e.g. `a` and `a/b`).
     #[error("two side entries of the checkpoint claim {path:?} with different kinds or contents")]
     PathConflict { path: PathBuf },
@@ -296,6 +304,7 @@ impl Refusal {
             Refusal::MissingObject { .. } => "missing_object",
             Refusal::MissingKey { .. } => "missing_key",
             Refusal::BinaryEnv { .. } => "binary_env",
+            Refusal::InvalidEnvName { .. } => "invalid_env_name",
             Refusal::PathConflict { .. } => "path_conflict",
         }
     }
