@@ -265,7 +265,9 @@ items:
                 .collect()
         };
         assert_eq!(objects.secrets["s"], data(&[("a", "a"), ("b", "yes")]));
-        assert_eq!(objects.config_maps["c"], data(&[("k", "2")]));
+        // A key in both fields: volumes read binaryData, env reads data (as the kubelet).
+        assert_eq!(objects.config_maps["c"].file("k"), Some(&b"2"[..]));
+        assert_eq!(objects.config_maps["c"].env_value("k"), Some(&b"1"[..]));
         assert!(!objects.config_maps.contains_key("other"));
         assert!(load_objects("kind: Pod\n", "ns", &mut objects).is_err());
     }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::decide::{self, Action, ApiParent, Decision, Inputs, OnDiskState, Yield};
-use crate::model::{CHECKPOINT_ANNOTATION, Observation, PodKey};
+use crate::model::{CHECKPOINT_ANNOTATION, KeyData, Observation, PodKey};
 
 /// The node the decision fixtures run on, so tests can name the static copy `<name>-node-a`.
 pub const NODE: &str = "node-a";
@@ -18,6 +18,18 @@ pub const NODE: &str = "node-a";
 /// A pod from literal JSON, for the shapes no builder method covers (hostile or broken pods).
 pub fn pod(value: Value) -> Pod {
     serde_json::from_value(value).expect("test pod must deserialize")
+}
+
+/// A ConfigMap's keys as the shell hands them to `sanitize`: `data` (text) and `binaryData`.
+pub fn config_map(data: &[(&str, &str)], binary_data: &[(&str, &[u8])]) -> KeyData {
+    let mut keys = KeyData::new();
+    for (key, value) in data {
+        keys.insert(*key, value.as_bytes());
+    }
+    for (key, value) in binary_data {
+        keys.insert_binary(*key, *value);
+    }
+    keys
 }
 
 /// A key in `kube-system`, where most of the decision tests' parents live.

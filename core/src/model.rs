@@ -14,6 +14,10 @@ pub const CHECKPOINT_OF_ANNOTATION: &str = "checkpointer.alpha.coreos.com/checkp
 pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
 /// Set on the API's mirror of a static pod; mirrors are never parents.
 pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Name prefix of the store's temporary files. Dot-prefixed so the kubelet ignores them in its
+/// static-pod directory; the store deletes leftovers with this prefix (and only those) and refuses
+/// to place a side file under such a name, so `sanitize` refuses keys and paths that use it.
+pub const TMP_PREFIX: &str = ".pod-checkpointer-tmp-";
 
 /// Identifies a parent, and therefore its checkpoint, across the API, the node and the disk.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -118,8 +122,135 @@ impl Layout {
     }
 }
 
-/// Keys and values of one Secret or ConfigMap (`data` and `binaryData` merged), as fetched.
-pub type KeyData = BTreeMap<String, Vec<u8>>;
+/// Keys and values of one Secret or ConfigMap, as fetched.
+///
+/// A ConfigMap's `binaryData` is kept apart from its `data`, because the kubelet reads them
+/// differently: a volume projects both, while `env` and `envFrom` only ever read `data`.
+///
+/// Its `Debug` shows each key and the size of its value, never the value: these are Secrets, and
+/// one `?` in a log line must not leak them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KeyData {
+    /// What every consumer reads: a Secret's `data` (and `stringData`), a ConfigMap's `data`.
+    data: BTreeMap<String, Vec<u8>>,
+    /// A ConfigMap's `binaryData`: projected into volumes, invisible to env.
+    binary_data: BTreeMap<String, Vec<u8>>,
+}
+
+impl KeyData {
+    /// No keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` of `data` (a Secret's keys, a ConfigMap's `data`); the later value wins.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.data.insert(key.into(), value.into());
+    }
+
+    /// Sets `key` of a ConfigMap's `binaryData`; the later value wins.
+    pub fn insert_binary(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.binary_data.insert(key.into(), value.into());
+    }
+
+    /// The file a volume shows for `key`. A key in both maps (which the API server refuses) reads
+    /// `binaryData`, as the kubelet's volume does when it projects every key.
+    pub fn file(&self, key: &str) -> Option<&[u8]> {
+        (self.binary_data.get(key))
+            .or_else(|| self.data.get(key))
+            .map(Vec::as_slice)
+    }
+
+    /// Every file a volume shows, in key order (see [`KeyData::file`]).
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut merged: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        for (key, value) in self.data.iter().chain(&self.binary_data) {
+            merged.insert(key, value);
+        }
+        merged.into_iter()
+    }
+
+    /// The value `env` and `envFrom` read for `key`: `data` only.
+    pub fn env_value(&self, key: &str) -> Option<&[u8]> {
+        self.data.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key `envFrom` reads, in key order: `data` only.
+    pub fn env_values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        (self.data.iter()).map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// How many files a volume shows.
+    pub fn len(&self) -> usize {
+        self.files().count()
+    }
+
+    /// Whether the object has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.binary_data.is_empty()
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for KeyData {
+    /// Keys of `data`; of two entries for one key, the later one wins.
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
+        Self {
+            data: iter.into_iter().collect(),
+            binary_data: BTreeMap::new(),
+        }
+    }
+}
+
+impl From<BTreeMap<String, Vec<u8>>> for KeyData {
+    /// Keys of `data`.
+    fn from(data: BTreeMap<String, Vec<u8>>) -> Self {
+        Self {
+            data,
+            binary_data: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for KeyData {
+    /// `KeyData { data: {"key": 12 bytes, ...}, binary_data: {...} }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyData")
+            .field("data", &RedactedMap(&self.data))
+            .field("binary_data", &RedactedMap(&self.binary_data))
+            .finish()
+    }
+}
+
+/// A map of values shown as their sizes.
+struct RedactedMap<'a>(&'a BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for RedactedMap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, Redacted(v))))
+            .finish()
+    }
+}
+
+/// Shows bytes as their size only (`12 bytes`), for `Debug` impls of types that hold Secrets.
+#[derive(Clone, Copy)]
+pub struct Redacted<'a>(pub &'a [u8]);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+/// Shows permission bits in octal (`0o644`), as they are written in a pod spec's comments.
+#[derive(Clone, Copy)]
+pub struct Mode(pub u32);
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#o}", self.0)
+    }
+}
 
 impl PodKey {
     /// The agent's own parent, from its pod name: the DaemonSet pod is its own parent, and the

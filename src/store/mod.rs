@@ -46,9 +46,9 @@ pub use error::StoreError;
 pub use side::{SideFileInfo, SideKind};
 pub use state::StateFile;
 
-/// Name prefix of the store's temporary files. Dot-prefixed so the kubelet ignores them in its
-/// static-pod directory; [`Store::prepare`] deletes leftovers with this prefix (and only those).
-pub const TMP_PREFIX: &str = ".pod-checkpointer-tmp-";
+/// Name prefix of the store's temporary files, defined in the core so `sanitize` refuses keys and
+/// paths that would use it. [`Store::prepare`] deletes leftovers with this prefix (and only those).
+pub use crate::model::TMP_PREFIX;
 
 /// Manifests hold literal secret values (SPEC §3), so only root may read them.
 const MANIFEST_MODE: u32 = 0o600;

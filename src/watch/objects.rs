@@ -204,7 +204,7 @@ impl Drop for ObjectWatches {
 /// A referenced object's keys as the sanitizer reads them, one conversion for the watches and for
 /// `render`'s `--objects` file, so an offline rendering matches what the agent writes.
 pub trait KeyDataSource {
-    /// Every key with its bytes; of two entries for one key, the later field wins.
+    /// Every key with its bytes; of two entries for one key in one field, the later field wins.
     fn key_data(&self) -> KeyData;
 }
 
@@ -216,9 +216,13 @@ impl KeyDataSource for Secret {
 }
 
 impl KeyDataSource for ConfigMap {
-    /// `data`, then `binaryData`.
+    /// `data`, and `binaryData` apart: volumes show both, env reads only `data` (as the kubelet).
     fn key_data(&self) -> KeyData {
-        text(&self.data).chain(binary(&self.binary_data)).collect()
+        let mut keys: KeyData = text(&self.data).collect();
+        for (key, value) in binary(&self.binary_data) {
+            keys.insert_binary(key, value);
+        }
+        keys
     }
 }
 
@@ -232,4 +236,39 @@ fn text(map: &Option<BTreeMap<String, String>>) -> impl Iterator<Item = (String,
     map.iter()
         .flatten()
         .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_map_binary_data_is_kept_apart_for_volumes_only() {
+        let cm = ConfigMap {
+            data: Some(BTreeMap::from([("a".to_owned(), "text".to_owned())])),
+            binary_data: Some(BTreeMap::from([("b".to_owned(), ByteString(vec![0xff]))])),
+            ..ConfigMap::default()
+        };
+        let keys = cm.key_data();
+        assert_eq!(keys.file("a"), Some(&b"text"[..]));
+        assert_eq!(keys.file("b"), Some(&[0xff][..]));
+        assert_eq!(keys.env_value("a"), Some(&b"text"[..]));
+        assert_eq!(keys.env_value("b"), None);
+    }
+
+    #[test]
+    fn debug_of_an_object_state_shows_keys_and_sizes_never_values() {
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                "password".to_owned(),
+                ByteString(b"s3cr3t-password".to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        let state = ObjectState::Found(secret.key_data());
+        for text in [format!("{state:?}"), format!("{state:#?}")] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains("\"password\": 15 bytes"), "{text}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! ahead of time so a checkpoint carries a valid one when the API is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -11,14 +12,24 @@ use kube::{Client, ResourceExt};
 
 use super::error_reason;
 use crate::metrics::Metrics;
-use crate::model::PodKey;
+use crate::model::{PodKey, Redacted};
 use crate::sanitize::TokenSpec;
 
-/// A token obtained for one parent and one projected source.
-#[derive(Clone, Debug)]
+/// A token obtained for one parent and one projected source. `Debug` shows its size, never the
+/// token: it is a credential.
+#[derive(Clone)]
 struct CachedToken {
     token: String,
     refresh_at: jiff::Timestamp,
+}
+
+impl fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &Redacted(self.token.as_bytes()))
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
 }
 
 /// Service-account tokens for projected volumes, obtained through the TokenRequest API bound to
@@ -127,4 +138,24 @@ async fn request_token(
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(Duration::from_secs(600));
     Ok((status.token.unwrap_or_default(), lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_cached_token_shows_its_size_and_refresh_time_never_the_token() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.s3cr3t-claims.s1gnature";
+        let cached = CachedToken {
+            token: secret.to_owned(),
+            refresh_at: jiff::Timestamp::UNIX_EPOCH,
+        };
+        for text in [format!("{cached:?}"), format!("{cached:#?}")] {
+            assert!(!text.contains(secret), "{text}");
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(text.contains(&format!("{} bytes", secret.len())), "{text}");
+            assert!(text.contains("1970-01-01T00:00:00Z"), "{text}");
+        }
+    }
 }

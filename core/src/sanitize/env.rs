@@ -1,5 +1,20 @@
 //! `env[].valueFrom` key references and `envFrom` turned into literal values: a static pod
 //! cannot read Secrets or ConfigMaps from the API.
+//!
+//! The rules follow the kubelet (`makeEnvironmentVariables` in pkg/kubelet/kubelet_pods.go):
+//! - `envFrom` is expanded first, source by source, a later source overriding an earlier one;
+//!   each name is the prefix followed by the key;
+//! - of a ConfigMap, `envFrom` and `configMapKeyRef` read `data` only: `binaryData` keys are
+//!   ignored by `envFrom` and missing for `configMapKeyRef`;
+//! - `env` entries follow, in order, so they override `envFrom` and expand `$(VAR)` against it;
+//!   an optional reference to a missing object or key leaves the variable out.
+//!
+//! The checkpoint is a static pod, which the kubelet validates with the strict env-name rule
+//! (pkg/kubelet/config/common.go uses empty validation options up to v1.34): an `envFrom` name
+//! that breaks it is skipped (as kubelets did before relaxed names, with an event), and an `env`
+//! name that breaks it refuses the pod, since the kubelet would reject the whole checkpoint.
+//! A Secret value that is not UTF-8 refuses the pod: a JSON literal cannot carry it, and the
+//! kubelet cannot pass it to the runtime either (CRI strings are UTF-8).
 
 use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar};
 
@@ -18,6 +33,12 @@ impl Ctx<'_> {
             Some(env) => {
                 let mut resolved = Vec::with_capacity(env.len());
                 for var in env {
+                    if !valid_env_name(&var.name) {
+                        return Err(Refusal::InvalidEnvName {
+                            container: container.name.clone(),
+                            env: var.name,
+                        });
+                    }
                     if let Some(var) = self.resolve_env_var(&container.name, var)? {
                         resolved.push(var);
                     }
@@ -52,7 +73,8 @@ impl Ctx<'_> {
             return Ok(());
         };
         let prefix = source.prefix.as_deref().unwrap_or("");
-        for (key, bytes) in data {
+        for (key, bytes) in data.env_values() {
+            // The prefix is part of the name that must be valid.
             let env = format!("{prefix}{key}");
             if !valid_env_name(&env) {
                 continue;
@@ -86,7 +108,7 @@ impl Ctx<'_> {
         let Some(data) = self.lookup(kind, name, optional, &needed_by)? else {
             return Ok(None);
         };
-        let Some(bytes) = data.get(key) else {
+        let Some(bytes) = data.env_value(key) else {
             if optional {
                 return Ok(None);
             }
@@ -136,10 +158,15 @@ fn literal(bytes: &[u8]) -> Option<String> {
         .map(|value| value.replace('$', "$$"))
 }
 
-/// The kubelet skips `envFrom` keys that are not valid env names: printable ASCII other than `=`.
+/// The strict env-name rule the kubelet applies to static pods (`IsEnvVarName`):
+/// `[-._a-zA-Z][-._a-zA-Z0-9]*`, and not `.` nor starting with `..`.
 fn valid_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'=')
+    let mut bytes = name.bytes();
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+    bytes
+        .next()
+        .is_some_and(|b| plain(b) && !b.is_ascii_digit())
+        && bytes.all(plain)
+        && name != "."
+        && !name.starts_with("..")
 }

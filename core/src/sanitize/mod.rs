@@ -20,6 +20,7 @@ mod tests;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
     CHECKPOINT_ANNOTATION, CHECKPOINT_OF_ANNOTATION, CONFIG_MIRROR_ANNOTATION,
-    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Owner, PodKey,
+    CONFIG_SOURCE_ANNOTATION, DEFAULT_NAMESPACE, KeyData, Layout, Mode, Owner, PodKey, Redacted,
+    TMP_PREFIX,
 };
 
 pub use references::{References, TokenSpec, references};
@@ -40,8 +42,8 @@ const DEFAULT_MODE: u32 = 0o644;
 const MAX_NAME_LEN: usize = 253;
 
 /// The referenced objects as fetched by the shell. An absent name means "not found", which
-/// `optional` sources tolerate and others refuse.
-#[derive(Clone, Debug, Default)]
+/// `optional` sources tolerate and others refuse. `Debug` shows names, keys and sizes only.
+#[derive(Clone, Default)]
 pub struct Objects {
     /// Secrets by name.
     pub secrets: BTreeMap<String, KeyData>,
@@ -51,8 +53,26 @@ pub struct Objects {
     pub tokens: BTreeMap<TokenSpec, String>,
 }
 
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tokens = DebugWith(|f: &mut fmt::Formatter<'_>| {
+            f.debug_map()
+                .entries(
+                    (self.tokens.iter()).map(|(spec, token)| (spec, Redacted(token.as_bytes()))),
+                )
+                .finish()
+        });
+        f.debug_struct("Objects")
+            .field("secrets", &self.secrets)
+            .field("config_maps", &self.config_maps)
+            .field("tokens", &tokens)
+            .finish()
+    }
+}
+
 /// Whether a side path is a directory or a file, so the store can create it with the right kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` shows a file's size and mode, never its content.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SideEntry {
     /// A directory (0700 on disk, SPEC §2).
     Dir,
@@ -63,6 +83,19 @@ pub enum SideEntry {
         /// Permission bits.
         mode: u32,
     },
+}
+
+impl fmt::Debug for SideEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SideEntry::Dir => f.write_str("Dir"),
+            SideEntry::File { data, mode } => f
+                .debug_struct("File")
+                .field("data", &Redacted(data))
+                .field("mode", &Mode(*mode))
+                .finish(),
+        }
+    }
 }
 
 /// One directory or file the checkpoint needs on disk. `path` is absolute (under
@@ -88,8 +121,10 @@ pub enum Warning {
     },
 }
 
-/// A sanitized parent, ready to be written.
-#[derive(Clone, Debug)]
+/// A sanitized parent, ready to be written. `Debug` shows the manifest's shape (containers,
+/// volumes, size) and the side files' paths, sizes and modes: the manifest holds literal env values
+/// taken from Secrets, and the files hold their keys.
+#[derive(Clone)]
 pub struct Checkpoint {
     /// The parent's key; the checkpoint is stored and found under it.
     pub key: PodKey,
@@ -100,6 +135,48 @@ pub struct Checkpoint {
     pub files: Vec<SideFile>,
     /// What is missing but not fatal (a token not obtained yet); to be logged.
     pub warnings: Vec<Warning>,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.manifest.spec.as_ref();
+        fn names(containers: Option<&Vec<Container>>) -> Vec<&str> {
+            (containers.into_iter().flatten())
+                .map(|c| c.name.as_str())
+                .collect()
+        }
+        let manifest = DebugWith(|f: &mut fmt::Formatter<'_>| {
+            f.debug_struct("Pod")
+                .field("containers", &names(spec.map(|s| &s.containers)))
+                .field(
+                    "init_containers",
+                    &names(spec.and_then(|s| s.init_containers.as_ref())),
+                )
+                .field(
+                    "volumes",
+                    &(spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten())
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .field("json", &Redacted(&self.manifest_bytes()))
+                .finish_non_exhaustive()
+        });
+        f.debug_struct("Checkpoint")
+            .field("key", &self.key)
+            .field("manifest", &manifest)
+            .field("files", &self.files)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+/// A `Debug` written by a closure, for the redacted impls above.
+struct DebugWith<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Debug for DebugWith<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
 }
 
 impl Checkpoint {
@@ -147,7 +224,7 @@ pub enum Refusal {
     NoSpec,
     /// A namespace, pod, volume or object name that is not safe as a path component.
     #[error(
-        "invalid {what} {name:?}: a name used in a path must be 1-253 characters of [a-z0-9.-] and not \".\" or \"..\""
+        "invalid {what} {name:?}: a name used in a path must be 1-253 characters of [a-z0-9.-], not \".\" or \"..\", and not start with {TMP_PREFIX:?} (reserved for the agent's temporary files)"
     )]
     InvalidName { what: &'static str, name: String },
     /// A key or item path that could escape its directory.
@@ -155,6 +232,12 @@ pub enum Refusal {
         "unsafe path {path:?} in {context}: keys and paths must be non-empty, relative, free of NUL, and no component may be or start with \"..\""
     )]
     UnsafePath { context: String, path: String },
+    /// A key or item path with a component the store reserves for its temporary files: valid in
+    /// Kubernetes, but the store would refuse (and sweep) the file on every pass.
+    #[error(
+        "key or path {path:?} in {context} has a component starting with {TMP_PREFIX:?}, which the agent reserves for its temporary files; rename the key or set items[].path"
+    )]
+    ReservedPath { context: String, path: String },
     /// A volume a static pod cannot carry (PVC, ephemeral, clusterTrustBundle, podCertificate).
     #[error("volume {volume:?} is {kind}, which a static pod cannot carry")]
     UnsupportedVolume { volume: String, kind: String },
@@ -184,7 +267,9 @@ pub enum Refusal {
         key: String,
         needed_by: String,
     },
-    /// A referenced value that is not UTF-8, so it cannot be written as a literal env value.
+    /// A referenced Secret value that is not UTF-8, so it cannot be written as a literal env value
+    /// (nor can the kubelet pass it on: CRI strings must be UTF-8, so the parent's container cannot
+    /// start either).
     #[error(
         "env {env:?} of container {container:?} comes from key {key:?} of {kind} {name:?}, whose value is not UTF-8 and cannot be a literal"
     )]
@@ -195,6 +280,12 @@ pub enum Refusal {
         name: String,
         key: String,
     },
+    /// An `env` name the API accepts (printable ASCII but `=`) that the kubelet refuses in a static
+    /// pod: it validates static pods with the strict rule, so it would reject the whole checkpoint.
+    #[error(
+        "env {env:?} of container {container:?} is not a name the kubelet accepts in a static pod: it must match [-._a-zA-Z][-._a-zA-Z0-9]* and not be \".\" or start with \"..\""
+    )]
+    InvalidEnvName { container: String, env: String },
     /// Two keys or items that need the same path as different things (e.g. `a` and `a/b`).
     #[error("two side entries of the checkpoint claim {path:?} with different kinds or contents")]
     PathConflict { path: PathBuf },
@@ -207,11 +298,13 @@ impl Refusal {
             Refusal::NoSpec => "invalid_pod",
             Refusal::InvalidName { .. } => "invalid_name",
             Refusal::UnsafePath { .. } => "unsafe_path",
+            Refusal::ReservedPath { .. } => "reserved_path",
             Refusal::UnsupportedVolume { .. } => "unsupported_volume",
             Refusal::UnsupportedField { .. } => "unsupported_field",
             Refusal::MissingObject { .. } => "missing_object",
             Refusal::MissingKey { .. } => "missing_key",
             Refusal::BinaryEnv { .. } => "binary_env",
+            Refusal::InvalidEnvName { .. } => "invalid_env_name",
             Refusal::PathConflict { .. } => "path_conflict",
         }
     }
@@ -367,12 +460,14 @@ fn owner_of(spec: &PodSpec) -> Owner {
     }
 }
 
-/// Accepts only names that are safe as one path component: `[a-z0-9.-]{1,253}`, not `.`/`..`.
+/// Accepts only names that are safe as one path component: `[a-z0-9.-]{1,253}`, not `.`/`..`,
+/// and not starting with the store's [`TMP_PREFIX`].
 fn check_name(what: &'static str, name: &str) -> Result<(), Refusal> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
+        && !name.starts_with(TMP_PREFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
@@ -388,7 +483,8 @@ fn check_name(what: &'static str, name: &str) -> Result<(), Refusal> {
 
 /// Splits a key or item path into components that cannot leave their directory (the kubelet's
 /// rule, tightened to every component): relative, no NUL, no component that is or starts with `..`.
-/// Empty and `.` components are dropped, as `filepath.Join` would.
+/// Empty and `.` components are dropped, as `filepath.Join` would. A component starting with the
+/// store's [`TMP_PREFIX`] is refused too: the store would never write it.
 fn safe_relative<'p>(path: &'p str, context: &str) -> Result<Vec<&'p str>, Refusal> {
     let unsafe_path = || Refusal::UnsafePath {
         context: context.to_owned(),
@@ -403,6 +499,12 @@ fn safe_relative<'p>(path: &'p str, context: &str) -> Result<Vec<&'p str>, Refus
         .collect();
     if components.is_empty() || components.iter().any(|c| c.starts_with("..")) {
         return Err(unsafe_path());
+    }
+    if components.iter().any(|c| c.starts_with(TMP_PREFIX)) {
+        return Err(Refusal::ReservedPath {
+            context: context.to_owned(),
+            path: path.to_owned(),
+        });
     }
     Ok(components)
 }

@@ -202,17 +202,17 @@ impl<'a> Ctx<'a> {
             return Ok(());
         };
         let (Some(items), Some(item_paths)) = (view.items(), item_paths) else {
-            for (key, value) in data {
+            for (key, value) in data.files() {
                 let components = safe_relative(key, &context)?;
-                tree.file(dir, &components, value.clone(), view.default_mode);
+                tree.file(dir, &components, value.to_vec(), view.default_mode);
             }
             return Ok(());
         };
         for (item, components) in items.iter().zip(item_paths) {
-            match data.get(&item.key) {
+            match data.file(&item.key) {
                 Some(value) => {
                     let mode = mode_or(item.mode, view.default_mode);
-                    tree.file(dir, &components, value.clone(), mode);
+                    tree.file(dir, &components, value.to_vec(), mode);
                 }
                 None if view.optional => {}
                 None => {

@@ -149,3 +149,185 @@ fn binary_env_values_are_refused() {
         );
     }
 }
+
+// The rules below follow the kubelet's makeEnvironmentVariables (pkg/kubelet/kubelet_pods.go,
+// v1.34) and its validation of static pods (pkg/kubelet/config/common.go), since the checkpoint
+// is a static pod.
+
+#[test]
+fn env_from_a_config_map_reads_data_and_ignores_binary_data() {
+    let parent = with_env(
+        json!(null),
+        json!([{"configMapRef": {"name": "cm"}, "prefix": "P_"}]),
+    );
+    let objects = objects(
+        &[],
+        &[(
+            "cm",
+            config_map(
+                &[("A", "a")],
+                &[("BIN", &[0xff, 0x00]), ("TXT", b"utf-8 but binaryData")],
+            ),
+        )],
+    );
+    let checkpoint = ok(&parent, &objects);
+    assert_eq!(env(&checkpoint), json!([{"name": "P_A", "value": "a"}]));
+}
+
+#[test]
+fn config_map_key_refs_do_not_see_binary_data() {
+    let objects = objects(
+        &[],
+        &[(
+            "cm",
+            config_map(&[("A", "a")], &[("BIN", &[0xff]), ("TXT", b"text")]),
+        )],
+    );
+    let key_ref = |key: &str, optional: bool| {
+        with_env(
+            json!([{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": key, "optional": optional}}},
+                   {"name": "KEEP", "value": "k"}]),
+            json!(null),
+        )
+    };
+    for key in ["BIN", "TXT"] {
+        // Required: the kubelet fails with "couldn't find key"; the checkpoint is refused alike.
+        assert_eq!(
+            sanitize(&key_ref(key, false), &objects, &layout()).expect_err(key),
+            Refusal::MissingKey {
+                kind: "configMap",
+                namespace: "prod".into(),
+                name: "cm".into(),
+                key: key.into(),
+                needed_by: "env \"V\" of container \"app\"".into(),
+            },
+        );
+        // Optional: the kubelet leaves the variable out.
+        let checkpoint = ok(&key_ref(key, true), &objects);
+        assert_eq!(
+            env(&checkpoint),
+            json!([{"name": "KEEP", "value": "k"}]),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn a_config_map_key_in_both_data_and_binary_data_is_data_in_env_and_binary_data_in_volumes() {
+    let parent = web()
+        .volumes(json!([{"name": "v", "configMap": {"name": "cm"}}]))
+        .env(
+            json!([{"name": "REF", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]),
+            json!([{"configMapRef": {"name": "cm"}}]),
+        )
+        .build();
+    let objects = objects(
+        &[],
+        &[("cm", config_map(&[("k", "text")], &[("k", b"bin")]))],
+    );
+    let checkpoint = ok(&parent, &objects);
+    assert_eq!(
+        env(&checkpoint),
+        json!([{"name": "k", "value": "text"}, {"name": "REF", "value": "text"}])
+    );
+    assert!(
+        checkpoint
+            .files
+            .contains(&file(&format!("{CM}/cm/k"), b"bin", 0o644))
+    );
+}
+
+#[test]
+fn env_from_names_are_prefixed_then_kept_only_if_a_static_pod_accepts_them() {
+    // (prefix, key, kept): the static pod's env names must match [-._a-zA-Z][-._a-zA-Z0-9]* and
+    // not be "." or start with "..", else the kubelet rejects the whole checkpoint.
+    let cases = [
+        ("", "KEY", true),
+        ("", "a.b-c_D9", true),
+        ("", ".x", true),
+        ("", "-x", true),
+        ("", "1KEY", false),
+        ("P_", "1KEY", true),
+        ("1", "KEY", false),
+        ("my prefix ", "K", false),
+        ("a:", "b", false),
+        ("..", "x", false),
+        ("", "..x", false),
+        (".", ".", false),
+        ("x=", "y", false),
+    ];
+    for (prefix, key, kept) in cases {
+        let parent = with_env(
+            json!(null),
+            json!([{"configMapRef": {"name": "cm"}, "prefix": prefix}]),
+        );
+        let objects = objects(&[], &[("cm", config_map(&[(key, "v")], &[]))]);
+        let checkpoint = ok(&parent, &objects);
+        let expected = if kept {
+            json!([{"name": format!("{prefix}{key}"), "value": "v"}])
+        } else {
+            json!(null)
+        };
+        assert_eq!(env(&checkpoint), expected, "prefix {prefix:?} key {key:?}");
+    }
+}
+
+#[test]
+fn own_env_names_a_static_pod_rejects_are_refused_naming_them() {
+    for (name, container) in [
+        ("1X", "app"),
+        ("MY VAR", "app"),
+        ("a:b", "init"),
+        ("..x", "app"),
+    ] {
+        let spec = if container == "init" {
+            json!({"containers": [{"name": "app", "image": "a"}],
+                   "initContainers": [{"name": "init", "image": "i", "env": [{"name": name, "value": "v"}]}]})
+        } else {
+            json!({"containers": [{"name": "app", "image": "a", "env": [{"name": name, "value": "v"}]}]})
+        };
+        let refusal = sanitize(&parent(spec), &Objects::default(), &layout()).expect_err(name);
+        assert_eq!(refusal.reason(), "invalid_env_name", "{name}: {refusal}");
+        let message = refusal.to_string();
+        assert!(
+            message.contains(&format!("{name:?}")) && message.contains(&format!("{container:?}")),
+            "{message}"
+        );
+    }
+    for name in ["A", "my.env-name", "_x", "-", ".x"] {
+        let with_name = with_env(json!([{"name": name, "value": "v"}]), json!(null));
+        ok(&with_name, &Objects::default());
+    }
+}
+
+#[test]
+fn env_entries_follow_env_from_so_they_win_and_expand_against_it() {
+    // The kubelet fills its map from envFrom, then walks env in order: B expands $(A) to the
+    // envFrom value, and A is then overridden. Keeping both A entries, envFrom first, does the same.
+    let parent = with_env(
+        json!([{"name": "B", "value": "$(A)"}, {"name": "A", "value": "2"}]),
+        json!([{"configMapRef": {"name": "cm"}}]),
+    );
+    let objects = objects(&[], &[("cm", config_map(&[("A", "1")], &[]))]);
+    assert_eq!(
+        env(&ok(&parent, &objects)),
+        json!([
+            {"name": "A", "value": "1"},
+            {"name": "B", "value": "$(A)"},
+            {"name": "A", "value": "2"},
+        ])
+    );
+}
+
+#[test]
+fn an_optional_missing_env_reference_leaves_the_env_from_value_in_place() {
+    let parent = with_env(
+        json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k", "optional": true}}}]),
+        json!([{"configMapRef": {"name": "cm"}}]),
+    );
+    let objects = objects(&[], &[("cm", config_map(&[("X", "from-cm")], &[]))]);
+    assert_eq!(
+        env(&ok(&parent, &objects)),
+        json!([{"name": "X", "value": "from-cm"}])
+    );
+}

@@ -6,12 +6,13 @@ mod env;
 mod output;
 mod projected;
 mod properties;
+mod redaction;
 mod spec;
 mod volumes;
 
 pub(super) use super::downward::{parse_quantity, scaled_quantity};
 pub(super) use super::*;
-pub(super) use crate::fixtures::{PodBuilder, pod};
+pub(super) use crate::fixtures::{PodBuilder, config_map, pod};
 pub(super) use crate::model::{KeyData, Layout, Owner, PodKey};
 pub(super) use k8s_openapi::api::core::v1::{HostPathVolumeSource, Pod, PodSpec, Volume};
 pub(super) use serde_json::{Value, json};

@@ -33,6 +33,7 @@ fn name() -> impl Strategy<Value = String> {
 
 fn key_data() -> impl Strategy<Value = KeyData> {
     prop::collection::btree_map(path(), prop::collection::vec(any::<u8>(), 0..4), 0..4)
+        .prop_map(KeyData::from)
 }
 
 /// Everything under `root` (strictly) and made of plain components only.

@@ -391,3 +391,110 @@ fn harmless_path_spellings_are_normalised() {
         ]
     );
 }
+
+/// The store's temporary-file prefix (`TMP_PREFIX`): the store refuses and sweeps side files whose
+/// name starts with it, so a key or path using it must be refused here, naming the key, rather
+/// than fail every pass in the store.
+const TMP: &str = crate::model::TMP_PREFIX;
+
+#[test]
+fn keys_and_paths_using_the_store_temporary_prefix_are_refused_naming_the_key() {
+    let key_in = |key: &str| {
+        objects(
+            &[("s", data(&[(key, b"v")]))],
+            &[("c", data(&[(key, b"v")]))],
+        )
+    };
+    let secret = key_in("k");
+    let plain = with_volumes(json!([{"name": "v", "secret": {"secretName": "s"}}]));
+    let item = |path: &str| {
+        with_volumes(
+            json!([{"name": "v", "secret": {"secretName": "s", "items": [{"key": "k", "path": path}]}}]),
+        )
+    };
+    let projected =
+        |source: Value| with_volumes(json!([{"name": "p", "projected": {"sources": [source]}}]));
+    let nested = format!("a/{TMP}x/b");
+    let cases: Vec<(&str, Pod, Objects, String)> = vec![
+        (
+            "key equal to the prefix",
+            plain.clone(),
+            key_in(TMP),
+            TMP.to_owned(),
+        ),
+        (
+            "key starting with the prefix",
+            plain.clone(),
+            key_in(&format!("{TMP}x")),
+            format!("{TMP}x"),
+        ),
+        (
+            "configMap key",
+            with_volumes(json!([{"name": "v", "configMap": {"name": "c"}}])),
+            key_in(&format!("{TMP}cfg")),
+            format!("{TMP}cfg"),
+        ),
+        (
+            "item path",
+            item(&format!("{TMP}x")),
+            secret.clone(),
+            format!("{TMP}x"),
+        ),
+        (
+            "nested item path",
+            item(&nested),
+            secret.clone(),
+            nested.clone(),
+        ),
+        (
+            "projected secret item",
+            projected(
+                json!({"secret": {"name": "s", "items": [{"key": "k", "path": format!("{TMP}p")}]}}),
+            ),
+            secret.clone(),
+            format!("{TMP}p"),
+        ),
+        (
+            "downward item path",
+            projected(
+                json!({"downwardAPI": {"items": [{"path": format!("{TMP}d"), "fieldRef": {"fieldPath": "metadata.name"}}]}}),
+            ),
+            Objects::default(),
+            format!("{TMP}d"),
+        ),
+        (
+            "token path",
+            projected(json!({"serviceAccountToken": {"path": format!("{TMP}t")}})),
+            Objects::default(),
+            format!("{TMP}t"),
+        ),
+    ];
+    for (what, pod, objects, named) in cases {
+        let refusal = sanitize(&pod, &objects, &layout()).expect_err(what);
+        assert_eq!(refusal.reason(), "reserved_path", "{what}: {refusal}");
+        let message = refusal.to_string();
+        assert!(message.contains(&format!("{named:?}")), "{what}: {message}");
+        assert!(message.contains("temporary"), "{what}: {message}");
+    }
+
+    // A name used as a directory (the object's shared directory) is refused alike.
+    let named_dir = with_volumes(
+        json!([{"name": "v", "secret": {"secretName": format!("{TMP}s"), "optional": true}}]),
+    );
+    let refusal = sanitize(&named_dir, &Objects::default(), &layout()).expect_err("refused");
+    assert_eq!(refusal.reason(), "invalid_name", "{refusal}");
+
+    // The prefix elsewhere in a name, or a shorter spelling of it, is an ordinary name.
+    for key in [
+        format!("x{TMP}"),
+        ".pod-checkpointer-tmp".to_owned(),
+        format!("a/x{TMP}"),
+    ] {
+        let checkpoint = ok(&item(&key), &secret);
+        assert!(
+            checkpoint.files.iter().any(|f| f.path.ends_with(&key)),
+            "{key}: {:?}",
+            checkpoint.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+        );
+    }
+}
