@@ -50,7 +50,6 @@ pub enum SideKind {
 }
 
 /// What one path under a pod's side trees should be.
-#[derive(Debug)]
 enum Want<'a> {
     Dir {
         owner: Owner,
@@ -60,6 +59,21 @@ enum Want<'a> {
         mode: u32,
         owner: Owner,
     },
+}
+
+/// File contents are Secret data: `Debug` shows their size, never the bytes.
+impl std::fmt::Debug for Want<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Want::Dir { owner } => f.debug_struct("Dir").field("owner", owner).finish(),
+            Want::File { data, mode, owner } => f
+                .debug_struct("File")
+                .field("bytes", &data.len())
+                .field("mode", &format_args!("{mode:o}"))
+                .field("owner", owner)
+                .finish(),
+        }
+    }
 }
 
 impl Want<'_> {
