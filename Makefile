@@ -26,7 +26,7 @@ build: ## cargo build --release
 test: ## The full test suite (unit, node integration, chart): hack/test-all.sh
 	bash hack/test-all.sh
 
-demo: ## Run the demo on a local single-node cluster: hack/demo.sh
+demo: ## Self-hosted node rebooted, the checkpoint brings the API back: hack/demo.sh (DEMO=basic|all)
 	bash hack/demo.sh
 
 lint: ## cargo fmt --check, clippy -D warnings, hack/chart-check.sh

@@ -1,415 +1,402 @@
 #!/usr/bin/env bash
-# The pod-checkpointer demo: one checkpoint's whole life on a real single-node cluster.
+# The pod-checkpointer demo: a self-hosted control plane survives a reboot with no API anywhere.
 #
-#   bash hack/demo.sh          (or: make demo)
+#   bash hack/demo.sh                (or: make demo)           the self-hosted chapter, ~2 min
+#   DEMO=basic bash hack/demo.sh     (or: DEMO=basic make demo) a busybox checkpoint's whole life
+#   DEMO=all bash hack/demo.sh       both, one after the other (each on its own node)
 #
-# 1. Builds the agent (cargo build --release) and brings up the test node (tests/node/node.sh up:
-#    etcd, kube-apiserver, containerd, kubelet; the first run on a machine builds Kubernetes from
-#    source, ~12 min).
-# 2. Creates namespace `demo` with a Secret, a ConfigMap and an annotated hostNetwork busybox pod
-#    `parent` that mounts both, starts the agent on the host, and follows its checkpoint:
-#      written (inactive manifest + files) -> API server stopped -> node rebooted (every pod sandbox
-#      gone) -> checkpoint activated, the kubelet runs the static copy `parent-<node>` -> API server
-#      back -> parent running again -> checkpoint deactivated -> parent deleted -> checkpoint
-#      removed after the grace period.
-#    Each line says how long its step took. Every wait polls with a deadline; a failure prints the
-#    agent's last log lines and exits non-zero.
-# 3. Stops the agent (SIGTERM; it must exit 0) and takes the node down, also on failure or Ctrl-C.
+# Self-hosted chapter (the agent's headline use):
+# 1. Builds the agent (debug build) and brings the test node up self-hosted
+#    (tests/node/node.sh up --self-hosted): the agent installed with the project's chart, then
+#    kube-apiserver pivoted from a bootstrap process to an annotated DaemonSet pod, checkpointed by
+#    the agent. The first run on a machine builds Kubernetes from source, ~12 min.
+# 2. Reboots the node (node.sh reboot-runtime: kubelet stopped, every pod sandbox removed, kubelet
+#    started; the kubelet knows no API pods and there is no API anywhere) while the host watches:
+#    /readyz of https://127.0.0.1:6443 every 100 ms, who listens on port 6443 in the node (the
+#    checkpoint copy or the DaemonSet's pod, by the listening process's container), and the
+#    kubelet's static pod directory. It prints the timeline: API gone at t, checkpoint active,
+#    API back served by the checkpoint copy, the parent (the DaemonSet's pod) serving again,
+#    checkpoint deactivated, nothing left over (no copy in the static pod directory, the parent's
+#    inactive checkpoint kept for the next reboot).
+# 3. Takes the node down; `node.sh leftovers` must find nothing. Also on failure or Ctrl-C.
+# The basic chapter is hack/demo-basic.sh (see its header for what it adds).
+#
+# Every wait polls with a deadline; a failure says what it waited for and exits non-zero.
 #
 # Settings (environment):
-#   DEMO_KEEP=1      leave the cluster up at the end (and keep the agent's files and log)
+#   DEMO=selfhosted|basic|all   which chapters (default selfhosted)
+#   DEMO_KEEP=1      leave the cluster up at the end (and keep this run's logs)
 #   DEMO_VERBOSE=1   show node.sh's own output (it always goes to the run directory's node.log)
 #   DEMO_TIMEOUT=N   deadline of each wait in seconds (default 120)
 #   NODE_DIR=DIR     the cluster's state directory (default /tmp/pod-checkpointer-demo). Only one
 #                    cluster can run per machine (fixed ports 6443/10250/10255): the demo refuses to
 #                    start while another one is up, unless NODE_DIR names it; a cluster that was
-#                    already up is reused and left up.
+#                    already up (in the chapter's mode) is reused and left up.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NODE_SH=$ROOT/tests/node/node.sh
-export NODE_DIR=${NODE_DIR:-/tmp/pod-checkpointer-demo}
-TIMEOUT=${DEMO_TIMEOUT:-120}
-GRACE=5s # the agent's --grace-period: how long a deleted parent's checkpoint is kept
+# shellcheck source=hack/demo-lib.sh
+. "$ROOT/hack/demo-lib.sh"
+# shellcheck source=hack/demo-basic.sh
+. "$ROOT/hack/demo-basic.sh"
 
-NS=demo
-POD=parent
-ANNOTATION=checkpointer.alpha.coreos.com/checkpoint
-
-AGENT_PID=""    # set while the agent runs
-AGENT_RC=""     # its exit status once stopped
-NODE_STARTED="" # 1 when this run brought the node up (and so takes it down)
-REUSED=""       # 1 when the node was already up (it stays up)
-WORK=""         # this run's directory: agent root, logs
-PASSED=""       # 1 once every step succeeded
+SH_NS=kube-system   # where node.sh puts the self-hosted API server and the agent
+SH_DS=kube-apiserver
+API_PORT=6443
+EVENTS=""           # the observer's record: "EPOCH_US api=up|down owner=POD|- active=NAME,...|-"
+OBSERVER_PID=""
+PARENT=""           # the DaemonSet's pod that serves the API before the reboot
+declare -A POD_OF=() # container id -> pod name (top level: a `declare` in a function is local)
 
 # ---------------------------------------------------------------------------------------------
-# output and timing
+# what the self-hosted chapter looks at, from the host
 
-now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; } # microseconds, whatever the locale's decimal mark
-DEMO_T0=$(now_us)
-STEP_T0=$DEMO_T0
-
-secs_since() { # secs_since T0_US: "12.3s"
-  local us=$(($(now_us) - $1))
-  echo "$((us / 1000000)).$((us / 100000 % 10))s"
+api_ready() {
+  curl -sf --max-time 0.9 --cacert "$NODE_DIR/pki/ca.crt" --cert "$NODE_DIR/pki/admin.crt" \
+    --key "$NODE_DIR/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1
 }
 
-# step MESSAGE: prints MESSAGE with how long the step took, and starts the next step
-step() {
-  printf '[%6s] %s\n' "$(secs_since "$STEP_T0")" "$*"
-  STEP_T0=$(now_us)
+# active_copies: the kube-apiserver checkpoints in the kubelet's static pod directory, as
+# comma-separated manifest names (kube-system-<pod>), empty if none.
+active_copies() {
+  local f names=()
+  for f in "$MANIFEST_DIR/$SH_NS-$SH_DS"-*.json; do
+    [ -e "$f" ] && names+=("$(basename "$f" .json)")
+  done
+  (IFS=,; echo "${names[*]}")
 }
 
-say() { printf '         %s\n' "$*"; }
-indent() { sed 's/^/           /'; }
-title() { # title TEXT: a new part of the story (the step timer restarts)
-  printf '\n== %s\n' "$*"
-  STEP_T0=$(now_us)
-}
-
-fail() {
-  printf '\n[%6s] FAILED: %s\n' "$(secs_since "$STEP_T0")" "$*" >&2
-  if [ -n "$WORK" ] && [ -s "$WORK/agent.log" ]; then
-    echo "---- last agent log lines ($WORK/agent.log)" >&2
-    tail -n 25 "$WORK/agent.log" >&2
+# port_owner: the pod whose process listens on the API port in the node's network namespace: the
+# checkpoint copy (static pod `<parent>-<node>`) or the DaemonSet's pod; empty if nothing listens.
+# /readyz alone cannot tell them apart: both are the same kube-apiserver with the same flags.
+port_owner() {
+  local line pid cid
+  line=$(nsenter --target "$HOLDER" --net ss -Hltnp "sport = :$API_PORT" 2>/dev/null) || return 0
+  pid=$(grep -o 'pid=[0-9]*' <<<"$line" | head -n 1) || return 0
+  pid=${pid#pid=}
+  cid=$(grep -o '[0-9a-f]\{64\}' "/proc/$pid/cgroup" 2>/dev/null | head -n 1) || true
+  if [ -z "$cid" ]; then # not in a container: the bootstrap process
+    echo "process-$pid"
+    return 0
   fi
-  exit 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# polling
-
-# wait_until WHAT CHECK...: runs CHECK every 0.2 s until it succeeds; fails the demo after
-# $TIMEOUT seconds, or at once if the agent died.
-wait_until() {
-  local what=$1; shift
-  local deadline=$(($(now_us) + TIMEOUT * 1000000))
-  until "$@"; do
-    if [ -n "$AGENT_PID" ] && ! kill -0 "$AGENT_PID" 2>/dev/null; then
-      fail "the agent exited while waiting for: $what"
-    fi
-    [ "$(now_us)" -lt "$deadline" ] || fail "timed out after ${TIMEOUT}s waiting for: $what"
-    sleep 0.2
-  done
-}
-
-# ---------------------------------------------------------------------------------------------
-# the node (tests/node/node.sh)
-
-node_sh() { # node_sh ARGS...: output to $WORK/node.log (and the terminal with DEMO_VERBOSE=1)
-  echo "+ node.sh $*" >>"$WORK/node.log"
-  if [ "${DEMO_VERBOSE:-}" = 1 ]; then
-    bash "$NODE_SH" "$@" 2>&1 | tee -a "$WORK/node.log" | indent || fail "node.sh $* failed"
-  elif ! bash "$NODE_SH" "$@" >>"$WORK/node.log" 2>&1; then
-    tail -n 15 "$WORK/node.log" >&2
-    fail "node.sh $* failed (log: $WORK/node.log)"
+  if [ -z "${POD_OF[$cid]:-}" ]; then
+    POD_OF[$cid]=$(crictl --config "$CRI_CONFIG_FILE" --timeout 3s inspect "$cid" 2>/dev/null |
+      grep -o '"io.kubernetes.pod.name": *"[^"]*"' | head -n 1 | sed 's/.*: *"//; s/"$//') || true
   fi
+  echo "${POD_OF[$cid]:-container-${cid:0:12}}"
 }
 
-our_node_up() { # the holder of $NODE_DIR's node namespace runs
-  local pid
-  pid=$(cat "$NODE_DIR/pids/holder.pid" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
-}
-
-port_open() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-other_node_up() { # the fixed ports are taken, or a control plane runs (the API may be down)
-  local p comm
-  for p in 6443 10250 10255; do port_open "$p" && return 0; done
-  for p in /proc/[0-9]*; do
-    comm=$(cat "$p/comm" 2>/dev/null) || continue
-    case $comm in etcd | kube-apiserver | kubelet) return 0 ;; esac
-  done
-  return 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# what the demo looks at
-
-inactive_manifest() { echo "$AGENT_ROOT/etc/kubernetes/inactive-manifests/$NS-$POD.json"; }
-active_manifest() { echo "$MANIFEST_DIR/$NS-$POD.json"; }
-secret_dir() { echo "$AGENT_ROOT/etc/kubernetes/checkpoint-secrets/$NS/$POD"; }
-configmap_dir() { echo "$AGENT_ROOT/etc/kubernetes/checkpoint-configmaps/$NS/$POD"; }
-
-has_file() { [ -n "$(find "$1" -type f -name "$2" 2>/dev/null)" ]; } # has_file DIR NAME
-
-checkpoint_written() { # manifest, the Secret and ConfigMap keys, the service-account token
-  [ -f "$(inactive_manifest)" ] && has_file "$(secret_dir)" password &&
-    has_file "$(secret_dir)" token && has_file "$(configmap_dir)" mode
-}
-checkpoint_gone() {
-  [ ! -e "$(inactive_manifest)" ] && [ ! -e "$(secret_dir)" ] && [ ! -e "$(configmap_dir)" ]
-}
-is_active() { [ -f "$(active_manifest)" ]; }
-not_active() { [ ! -e "$(active_manifest)" ]; }
-
-# sandbox_ready NAME: the runtime has a READY pod sandbox demo/NAME (exact name)
-sandbox_ready() { [ -n "$(ready_sandbox "$1")" ]; }
-sandbox_not_ready() { local ids; ids=$(ready_sandbox "$1") && [ -z "$ids" ]; } # crictl answered
-ready_sandbox() {
-  crictl --config "$CRI_CONFIG_FILE" --runtime-endpoint "$CRI_ENDPOINT" --timeout 5s \
-    pods --namespace "^$NS\$" --name "^$1\$" --state ready -q 2>/dev/null
-}
-
-api_phase_running() {
-  [ "$(kubectl -n "$NS" get pod "$POD" -o 'jsonpath={.status.phase}' 2>/dev/null)" = Running ]
-}
-parent_running() { api_phase_running && sandbox_ready "$POD"; }
-
-# seen_by NAME: what the pod NAME last wrote to $WORK/out/seen (it reads its mounts every second)
-seen_by() { grep -q "^$1 read " "$WORK/out/seen" 2>/dev/null; }
-
-metric_is() { # metric_is SAMPLE VALUE
-  local text
-  text=$(curl -sf --max-time 2 "http://$ADMIN_ADDR/metrics") || return 1
-  grep -qx "$1 $2" <<<"$text"
-}
-agent_ready() { curl -sf --max-time 2 "http://$ADMIN_ADDR/readyz" >/dev/null; }
-
-show_status() {
-  say "\$ pod-checkpointer status --root $AGENT_ROOT --manifest-dir $MANIFEST_DIR"
-  "$AGENT" status --root "$AGENT_ROOT" --manifest-dir "$MANIFEST_DIR" | indent ||
-    fail "pod-checkpointer status failed"
-}
-
-show_log() { # show_log ACTION...: the agent's log lines for these actions
-  local a pattern=""
-  for a in "$@"; do pattern+="${pattern:+|}\"action\":\"$a\""; done
-  say "agent log ($*):"
-  grep -E "$pattern" "$AGENT_LOG" | tail -n 4 | indent || true
-}
-
-# ---------------------------------------------------------------------------------------------
-# the agent
-
-start_agent() {
-  env -u POD_NAME -u POD_NAMESPACE "$AGENT" \
-    --node-name "$NODE_NAME" --kubeconfig "$KUBECONFIG" \
-    --cri-endpoint "$CRI_ENDPOINT" --kubelet-url "$KUBELET_READONLY_URL" \
-    --root "$AGENT_ROOT" --manifest-dir "$MANIFEST_DIR" \
-    --namespaces "$NS" --grace-period "$GRACE" --poll-interval 500ms \
-    --admin-addr "$ADMIN_ADDR" --log-format json --log-level info \
-    </dev/null >/dev/null 2>"$AGENT_LOG" &
-  AGENT_PID=$!
-}
-
-stop_agent() { # SIGTERM, up to 10 s, then SIGKILL; sets AGENT_RC
-  [ -n "$AGENT_PID" ] || return 0
-  local pid=$AGENT_PID deadline=$(($(now_us) + 10000000))
-  AGENT_PID=""
-  kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$(now_us)" -ge "$deadline" ]; then
-      echo "the agent did not exit within 10s of SIGTERM: SIGKILL" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-      deadline=$((deadline + 10000000))
-    fi
-    sleep 0.1
-  done
-  AGENT_RC=0
-  wait "$pid" || AGENT_RC=$?
-}
-
-# ---------------------------------------------------------------------------------------------
-# teardown: on success, failure, Ctrl-C
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_agent
-  if [ "${DEMO_KEEP:-}" = 1 ]; then
-    title "DEMO_KEEP=1: the cluster stays up"
-    echo "  export NODE_DIR=$NODE_DIR; eval \"\$(bash $NODE_SH env)\"; kubectl -n $NS get pods"
-    echo "  take it down: NODE_DIR=$NODE_DIR bash $NODE_SH down"
-    [ -n "$WORK" ] && echo "  this run's files (agent root, agent.log, node.log): $WORK"
-  elif [ -n "$NODE_STARTED" ]; then
-    local t0
+# observe: until killed, every 100 ms, appends a line to $EVENTS whenever /readyz, the port's
+# owner or the active copies change. One loop for all three, so a line is one consistent sample.
+observe() {
+  set +e # a failed probe is a sample ("down", "-"), never the end of the observer
+  local last="" now t0 spent api owner active
+  while :; do
     t0=$(now_us)
-    if bash "$NODE_SH" down >>"$WORK/node.log" 2>&1; then
-      printf '[%6s] node down\n' "$(secs_since "$t0")"
-    else
-      echo "node.sh down failed; see $WORK/node.log" >&2
-      rc=1
+    if api_ready; then api=up; else api=down; fi
+    owner=$(port_owner)
+    active=$(active_copies)
+    now="api=$api owner=${owner:--} active=${active:--}"
+    if [ "$now" != "$last" ]; then
+      echo "$t0 $now" >>"$EVENTS"
+      last=$now
     fi
-  elif [ -n "$REUSED" ]; then
-    echo "the cluster in $NODE_DIR was up before the demo: left up"
-  fi
-  if [ "$rc" = 0 ] && [ -z "$PASSED" ]; then rc=1; fi # an `exit 0` before the end is no success
-  if [ "$rc" = 0 ]; then
-    printf '\n== demo passed in %s\n' "$(secs_since "$DEMO_T0")"
-  elif [ "$rc" -gt 128 ]; then
-    printf '\n== demo interrupted after %s\n' "$(secs_since "$DEMO_T0")" >&2
-  else
-    printf '\n== demo FAILED (exit %s) after %s\n' "$rc" "$(secs_since "$DEMO_T0")" >&2
-  fi
-  if [ -n "$WORK" ]; then
-    if [ "$rc" = 0 ] && [ "${DEMO_KEEP:-}" != 1 ]; then
-      rm -rf "$WORK"
-    elif [ "$rc" != 0 ] && [ -e "$WORK/node.log" ]; then
-      echo "logs kept in $WORK (agent.log, node.log)" >&2
-    elif [ "$rc" != 0 ]; then
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$rc"
+    spent=$(($(now_us) - t0))
+    if [ "$spent" -lt 100000 ]; then sleep "0.$(printf %06d $((100000 - spent)))"; fi
+  done
 }
+
+start_observer() {
+  EVENTS=$WORK/selfhosted/events
+  : >"$EVENTS"
+  observe &
+  OBSERVER_PID=$!
+}
+
+stop_observer() {
+  [ -n "$OBSERVER_PID" ] || return 0
+  kill "$OBSERVER_PID" 2>/dev/null || true
+  wait "$OBSERVER_PID" 2>/dev/null || true
+  OBSERVER_PID=""
+}
+
+observer_alive() { # the wait guard
+  if [ -n "$OBSERVER_PID" ] && ! kill -0 "$OBSERVER_PID" 2>/dev/null; then
+    fail "the observer exited while waiting for: $1"
+  fi
+}
+
+note() { echo "$1 note $2" >>"$EVENTS"; } # note EPOCH_US TEXT: a line of the timeline
+
+# event_time FROM_US REGEX: the time of the first sample at or after FROM matching REGEX
+event_time() {
+  awk -v from="$1" -v re="$2" '$2 != "note" && $1 >= from && $0 ~ re { print $1; found = 1; exit }
+    END { exit !found }' "$EVENTS"
+}
+event_seen() { event_time "$@" >/dev/null; }
+
+# wait_event VAR WHAT FROM_US REGEX: waits until a sample matches; VAR gets its time
+wait_event() {
+  local var=$1 what=$2 from=$3 re=$4
+  wait_until "$what" event_seen "$from" "$re"
+  printf -v "$var" %s "$(event_time "$from" "$re")"
+}
+
+# ready_daemon_pod: the DaemonSet's pod, Ready, not being deleted (a copy's mirror pod left out)
+ready_daemon_pod() {
+  kubectl -n "$SH_NS" get pods -l "app=$SH_DS" -o json --request-timeout=3s 2>/dev/null | python3 -c '
+import json, sys
+live = []
+for p in json.load(sys.stdin)["items"]:
+    m = p["metadata"]
+    if "kubernetes.io/config.mirror" in m.get("annotations", {}) or m.get("deletionTimestamp"):
+        continue
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+    live.append((m["name"], ready))
+if len(live) == 1 and live[0][1]:
+    print(live[0][0])
+else:
+    sys.exit(1)'
+}
+
+daemon_pod_ready() { ready_daemon_pod >/dev/null; }
+
+inactive_checkpoint() { echo "$INACTIVE_MANIFEST_DIR/$SH_NS-$1.json"; }
+
+# healthy: the DaemonSet's pod is Ready and holds the port, it has its checkpoint, no copy runs
+healthy() {
+  PARENT=$(ready_daemon_pod) || return 1
+  [ -f "$(inactive_checkpoint "$PARENT")" ] && [ -z "$(active_copies)" ] &&
+    [ "$(port_owner)" = "$PARENT" ]
+}
+
+copy_sandbox_ready() { # crictl answered and lists a READY sandbox of the copy
+  local ids
+  ids=$(crictl --config "$CRI_CONFIG_FILE" --timeout 3s pods --namespace "^$SH_NS\$" \
+    --name "^$PARENT-$NODE_NAME\$" --state ready -q 2>/dev/null) || return 0
+  [ -n "$ids" ]
+}
+
+# nothing_left: no copy in the static pod directory, no copy running; the parent's inactive
+# checkpoint (and its Secret files) kept for the next reboot, and no other API server checkpoint.
+nothing_left() {
+  local others
+  [ -z "$(active_copies)" ] && ! copy_sandbox_ready &&
+    [ -f "$(inactive_checkpoint "$PARENT")" ] &&
+    [ -n "$(find "$CHECKPOINT_SECRET_DIR/$SH_NS/$PARENT" -name apiserver.crt 2>/dev/null)" ] || return 1
+  others=$(find "$INACTIVE_MANIFEST_DIR" -name "$SH_NS-$SH_DS-*.json" ! -name "$SH_NS-$PARENT.json")
+  [ -z "$others" ]
+}
+
+who() { # who OWNER: the port's owner in words
+  case $1 in
+    "$PARENT-$NODE_NAME") echo "the checkpoint copy (static pod $SH_NS/$1)" ;;
+    "$PARENT") echo "the parent (DaemonSet pod $SH_NS/$1)" ;;
+    -) echo "nothing" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# narrate ZERO_US FROM_US: the samples and notes since FROM in words, times relative to ZERO
+narrate() {
+  local zero=$1 from=$2 t kind rest api owner active papi="" powner="" pactive="" n rel suffix
+  while read -r t kind rest; do
+    if [ "$kind" = note ]; then
+      [ "$t" -ge "$from" ] && printf '   t%-8s %s\n' "$(rel "$t" "$zero")" "$rest"
+      continue
+    fi
+    api=${kind#api=}
+    read -r owner active <<<"$rest"
+    owner=${owner#owner=}
+    active=${active#active=}
+    if [ "$t" -ge "$from" ]; then
+      rel=$(rel "$t" "$zero")
+      for n in ${active//,/ }; do
+        [[ ",$pactive," == *",$n,"* ]] || [ "$n" = - ] ||
+          printf '   t%-8s %s\n' "$rel" "checkpoint active: $n.json in the static pod directory"
+      done
+      for n in ${pactive//,/ }; do
+        [[ ",$active," == *",$n,"* ]] || [ "$n" = - ] ||
+          printf '   t%-8s %s\n' "$rel" "checkpoint deactivated: $n.json out of the static pod directory"
+      done
+      if [ "$api" != "$papi" ] && [ "$api" = up ]; then
+        printf '   t%-8s %s\n' "$rel" "API up (/readyz 200), served by $(who "$owner")"
+      elif [ "$api" != "$papi" ] && [ "$owner" = - ]; then
+        printf '   t%-8s %s\n' "$rel" "API gone (/readyz fails): nothing listens on port $API_PORT"
+      elif [ "$api" != "$papi" ]; then
+        printf '   t%-8s %s\n' "$rel" "API gone (/readyz fails); $(who "$owner") still holds port $API_PORT"
+      elif [ "$owner" != "$powner" ] && [ "$owner" = - ]; then
+        printf '   t%-8s %s\n' "$rel" "nothing listens on port $API_PORT"
+      elif [ "$owner" != "$powner" ]; then
+        suffix=""
+        [ "$api" = down ] && suffix=" (not ready yet)"
+        printf '   t%-8s %s\n' "$rel" "$(who "$owner") listens on port $API_PORT$suffix"
+      fi
+    fi
+    papi=$api powner=$owner pactive=$active
+  done < <(sort -s -n -k1,1 "$EVENTS")
+}
+rel() { # rel T ZERO: "+1.2s", "-0.3s", "" for 0
+  local d=$(($1 - $2))
+  if [ "$d" -eq 0 ]; then echo ""; elif [ "$d" -gt 0 ]; then echo "+$(us_to_s "$d")"; else us_to_s "$d"; fi
+}
+
+# api_down_total FROM TO: how long /readyz failed between two times (TO: a sample with the API up),
+# and the longest stretch. The demo starts its record with the API up.
+api_down_total() {
+  sort -s -n -k1,1 "$EVENTS" | awk -v from="$1" -v to="$2" '
+    BEGIN { was = 1; down = from }
+    $2 == "note" { next }
+    { t = $1; up = ($2 == "api=up") }
+    t < from { was = up; next }
+    t > to { exit }
+    { if (was && !up) down = t
+      if (!was && up) { d = t - down; total += d; if (d > longest) longest = d }
+      was = up }
+    END { printf "%.1fs in all, longest %.1fs\n", total / 1e6, longest / 1e6 }'
+}
+
+# agent_actions: what the agent logged about the API server's checkpoint, from every agent
+# container (its DaemonSet pod and its own static copy), in time order
+agent_actions() {
+  local cid
+  for cid in $(crictl --config "$CRI_CONFIG_FILE" --timeout 3s ps -a -q --name '^pod-checkpointer$' 2>/dev/null); do
+    crictl --config "$CRI_CONFIG_FILE" --timeout 3s logs "$cid" 2>&1 |
+      grep -E "\"action\":\"(activate|deactivate)\"" | grep -F "$PARENT" |
+      sed "s/^/$(crictl --config "$CRI_CONFIG_FILE" inspect "$cid" 2>/dev/null |
+        grep -o '"io.kubernetes.pod.name": *"[^"]*"' | head -n 1 | sed 's/.*: *"//; s/"$//') /" || true
+  done | python3 -c '
+import json, sys
+rows = []
+for line in sys.stdin:
+    pod, _, raw = line.partition(" ")
+    try:
+        e = json.loads(raw)
+    except ValueError:
+        continue
+    f = dict(e, **e.get("fields", {}))
+    what = f.get("action", "?") + (" (" + f["reason"] + ")" if f.get("reason") else "")
+    rows.append((f.get("timestamp", ""), "%s  %-24s by %s" % (f.get("timestamp", "")[11:23], what, pod)))
+for _, r in sorted(rows):
+    print(r)'
+}
+
+selfhosted_fail_info() { # what a failure of this chapter prints
+  [ -n "$EVENTS" ] && [ -s "$EVENTS" ] || return 0
+  echo "---- the observer's last samples ($EVENTS)"
+  sort -s -n -k1,1 "$EVENTS" | tail -n 15
+  echo "---- node.sh api-status"
+  timeout 20 bash "$NODE_SH" api-status 2>&1
+}
+
+# =============================================================================================
+
+chapter_selfhosted() {
+  local first_us reboot_us kubelet_us gone_us active_us back_us back_owner parent_us deact_us sandboxes
+  mkdir -p "$WORK/selfhosted"
+  STOP_HOOKS+=(stop_observer)
+  FAIL_HOOKS+=(selfhosted_fail_info)
+  WAIT_GUARD=""
+
+  title "self-hosted: kube-apiserver is a checkpointed DaemonSet pod"
+  node_up self-hosted
+  HOLDER=$(cat "$NODE_DIR/pids/holder.pid")
+  step "node up self-hosted: the bootstrap kube-apiserver process handed over to the DaemonSet's pod"
+  [ -f "$NODE_DIR/selfhosted/pivot-downtime" ] &&
+    say "(the pivot left the cluster without an API for $(cat "$NODE_DIR/selfhosted/pivot-downtime")s)"
+  wait_until "the DaemonSet's pod Ready, holding port $API_PORT, with its checkpoint" healthy
+  step "$SH_NS/$PARENT serves the API; the agent wrote its checkpoint:"
+  say "  $(inactive_checkpoint "$PARENT")"
+  say "  and its Secrets (certificates, service-account keys) under $CHECKPOINT_SECRET_DIR/$SH_NS/$PARENT"
+  say "\$ node.sh api-status"
+  bash "$NODE_SH" api-status 2>&1 | indent
+
+  title "self-hosted: the node reboots (node.sh reboot-runtime)"
+  start_observer
+  WAIT_GUARD=observer_alive
+  # the record starts from a known state: the parent serving
+  wait_event first_us "the observer's first sample" 0 "api=up owner=$PARENT active=-\$"
+  reboot_us=$(now_us)
+  note "$reboot_us" "node.sh reboot-runtime: kubelet stopped, every pod sandbox being removed"
+  node_sh reboot-runtime
+  kubelet_us=$(grep -o 'KUBELET_START_EPOCH=[0-9.]*' "$WORK/node.log" | tail -n 1 | cut -d= -f2)
+  kubelet_us=${kubelet_us//./}
+  [ -n "$kubelet_us" ] || fail "node.sh reboot-runtime did not say when the kubelet started"
+  note "$kubelet_us" "kubelet started again: it knows no API pods, no API server anywhere"
+  sandboxes=$(grep -o 'removed [0-9]* pod sandboxes' "$WORK/node.log" | tail -n 1) || true
+  step "rebooted: kubelet stopped, ${sandboxes:-every pod sandbox removed}, kubelet started"
+
+  wait_event gone_us "the API to go away" "$reboot_us" 'api=down'
+  step "API gone"
+  wait_event active_us "the API server's checkpoint in the static pod directory" "$reboot_us" \
+    "active=([^ ]*,)?$SH_NS-$PARENT(,|\$)"
+  step "checkpoint active: $MANIFEST_DIR/$SH_NS-$PARENT.json"
+  wait_event back_us "the API to answer again" "$gone_us" 'api=up owner=[^-]'
+  back_owner=$(awk -v t="$back_us" '$1 == t && $2 != "note" { sub("owner=", "", $3); print $3; exit }' "$EVENTS")
+  [ "$back_owner" = "$PARENT-$NODE_NAME" ] ||
+    fail "the API came back served by $(who "$back_owner"), not by the checkpoint copy $PARENT-$NODE_NAME"
+  step "API back, served by $(who "$back_owner")"
+  wait_event parent_us "the parent serving the API again, no copy active" "$back_us" \
+    "api=up owner=$PARENT active=-\$"
+  step "parent serving again: $(who "$PARENT")"
+  deact_us=$(event_time "$active_us" 'active=-$') || fail "no sample without the copy active"
+  wait_until "$SH_NS/$PARENT Ready in the API" daemon_pod_ready
+  [ "$(ready_daemon_pod)" = "$PARENT" ] || fail "a different pod serves: $(ready_daemon_pod)"
+  step "the API says: $SH_NS/$PARENT Ready (the same pod, restarted by the kubelet)"
+  wait_until "nothing left over (no copy active or running; the parent's checkpoint kept)" nothing_left
+  step "nothing left over"
+  stop_observer
+  WAIT_GUARD=""
+
+  title "self-hosted: the timeline (host clock; /readyz polled every 100 ms; t = the API went away)"
+  narrate "$gone_us" "$reboot_us"
+  echo
+  printf '   %-62s %s\n' \
+    "API gone" "t" \
+    "checkpoint active" "t+$(us_to_s $((active_us - gone_us)))" \
+    "API back, served by the checkpoint copy" "t+$(us_to_s $((back_us - gone_us)))" \
+    "checkpoint deactivated (the parent started; the copy yields)" "t+$(us_to_s $((deact_us - gone_us)))" \
+    "parent (the DaemonSet's pod) serving again" "t+$(us_to_s $((parent_us - gone_us)))" \
+    "API down between the reboot and the parent serving" "$(api_down_total "$reboot_us" "$parent_us")" \
+    "kubelet start -> API back" "$(us_to_s $((back_us - kubelet_us)))"
+  echo
+  say "nothing left over:"
+  say "  static pod directory: $(cd "$MANIFEST_DIR" && ls | tr '\n' ' ')(the agent's own copy: it always runs one)"
+  say "  inactive checkpoints: $(cd "$INACTIVE_MANIFEST_DIR" && ls | tr '\n' ' ')(kept for the next reboot)"
+  say "what the agent did (its log, every agent container on the node):"
+  agent_actions | indent
+  say "\$ node.sh api-status"
+  bash "$NODE_SH" api-status 2>&1 | indent
+
+  if ! keep_node selfhosted; then
+    title "self-hosted: teardown"
+    node_down || fail "the node did not come down clean"
+  fi
+}
+
+# =============================================================================================
+
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# =============================================================================================
-# 1. build, node up, the parent pod
-
+case ${DEMO:-selfhosted} in
+  selfhosted) CHAPTERS=(selfhosted) ;;
+  basic) CHAPTERS=(basic) ;;
+  all) CHAPTERS=(selfhosted basic) ;;
+  *) fail "DEMO=${DEMO:-} is not selfhosted, basic or all" ;;
+esac
+# keep_node CHAPTER: DEMO_KEEP=1 leaves the last chapter's node up (an earlier chapter's node has
+# to go: the next chapter needs the ports)
+keep_node() { [ "${DEMO_KEEP:-}" = 1 ] && [ "$1" = "${CHAPTERS[-1]}" ]; }
 [ "$(id -u)" = 0 ] || fail "run as root: the test node needs namespaces, mounts and cgroups"
 cd "$ROOT"
 WORK=$(mktemp -d /tmp/pod-checkpointer-demo-run.XXXXXX)
-AGENT_ROOT=$WORK/root
-AGENT_LOG=$WORK/agent.log
-mkdir -p "$AGENT_ROOT" "$WORK/out"
 
-title "pod-checkpointer demo: one checkpoint's whole life"
-if our_node_up; then
-  REUSED=1
-elif other_node_up; then
-  fail "another cluster is up on this machine (ports 6443/10250/10255 are fixed: only one can run).
-  Take it down (NODE_DIR=<its dir> bash tests/node/node.sh down; the tests use /tmp/pod-checkpointer-node),
-  or run the demo on it: NODE_DIR=<its dir> bash hack/demo.sh"
-fi
-command -v cargo >/dev/null || PATH=$HOME/.cargo/bin:$PATH
-command -v cargo >/dev/null || fail "cargo not found (install Rust: https://rustup.rs)"
-cargo build --release --locked --bin pod-checkpointer
-AGENT=${CARGO_TARGET_DIR:-$ROOT/target}/release/pod-checkpointer
-[ -x "$AGENT" ] || fail "no agent binary at $AGENT"
+title "pod-checkpointer demo (${CHAPTERS[*]})"
+build_agent
 step "agent built: $AGENT"
-
-if [ -n "$REUSED" ]; then
-  say "reusing the cluster already up in $NODE_DIR"
-else
-  NODE_STARTED=1
-  say "bringing the node up (NODE_DIR=$NODE_DIR; log: $WORK/node.log)"
-  say "(the first time on a machine this builds Kubernetes from source: ~12 min)"
-fi
-node_sh up
-NODE_ENV=$(bash "$NODE_SH" env 2>/dev/null) || fail "node.sh env failed"
-eval "$NODE_ENV" # NODE_NAME KUBECONFIG CRI_ENDPOINT MANIFEST_DIR BUSYBOX_IMAGE ...; PATH += kubectl crictl
-step "node up: $NODE_NAME (kubelet static pod dir $MANIFEST_DIR)"
-
-node_sh namespace "$NS" # namespace + default ServiceAccount + kube-root-ca.crt, at once
-# left over from a run with DEMO_KEEP=1
-kubectl -n "$NS" delete pod "$POD" --ignore-not-found --grace-period=0 --force >/dev/null 2>&1 || true
-rm -f "$(active_manifest)"
-kubectl apply -f - >/dev/null <<EOF || fail "kubectl apply (Secret, ConfigMap, Pod)"
-apiVersion: v1
-kind: Secret
-metadata: {name: demo-creds, namespace: $NS}
-stringData: {password: s3cret}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: demo-settings, namespace: $NS}
-data: {mode: safe}
----
-# The parent: bound to this node, annotated, hostNetwork (like a control-plane component). Every
-# second it writes what it reads from its Secret and ConfigMap to a host directory, under its own
-# pod name, so we can tell which copy is running.
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $POD
-  namespace: $NS
-  annotations: {$ANNOTATION: "true"}
-spec:
-  nodeName: $NODE_NAME
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  tolerations: [{operator: Exists}]
-  containers:
-  - name: main
-    image: $BUSYBOX_IMAGE
-    imagePullPolicy: Never
-    env:
-    - name: POD_NAME
-      valueFrom: {fieldRef: {fieldPath: metadata.name}}
-    command:
-    - /bin/sh
-    - -c
-    - |
-      while true; do
-        echo "\$POD_NAME read password=\$(cat /secret/password) mode=\$(cat /config/mode)" >/out/seen.tmp
-        mv /out/seen.tmp /out/seen
-        sleep 1
-      done
-    volumeMounts:
-    - {name: secret, mountPath: /secret, readOnly: true}
-    - {name: config, mountPath: /config, readOnly: true}
-    - {name: out, mountPath: /out}
-  volumes:
-  - {name: secret, secret: {secretName: demo-creds, defaultMode: 0400}}
-  - {name: config, configMap: {name: demo-settings}}
-  - {name: out, hostPath: {path: $WORK/out, type: Directory}}
-EOF
-wait_until "the parent running and reading its mounts" seen_by "$POD"
-step "parent running: $NS/$POD, annotated $ANNOTATION=\"true\""
-say "it writes: $(cat "$WORK/out/seen")"
-
-# =============================================================================================
-# 2. one checkpoint's life
-
-title "the agent writes a checkpoint"
-ADMIN_ADDR=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-start_agent
-wait_until "the agent's initial sync (/readyz)" agent_ready
-step "agent ready: pid $AGENT_PID, admin http://$ADMIN_ADDR, log $AGENT_LOG"
-wait_until "the inactive checkpoint and its files" checkpoint_written
-step "checkpoint written: $(inactive_manifest)"
-say "secrets (and the service-account token) under $(secret_dir), configmaps under $(configmap_dir)"
-show_status
-show_log write
-
-title "the API server goes away, then the node reboots"
-node_sh stop-apiserver
-step "API server stopped"
-wait_until "the agent to notice the API server is gone" metric_is pod_checkpointer_api_reachable 0
-step "agent noticed: pod_checkpointer_api_reachable 0"
-node_sh reboot-runtime
-step "node rebooted: kubelet restarted, every pod sandbox removed; the kubelet knows no API pods"
-wait_until "the checkpoint in the kubelet's static pod dir" is_active
-step "checkpoint activated: $(active_manifest)"
-wait_until "a READY sandbox $NS/$POD-$NODE_NAME" sandbox_ready "$POD-$NODE_NAME"
-step "served by the kubelet: static pod $NS/$POD-$NODE_NAME, sandbox $(ready_sandbox "$POD-$NODE_NAME" | cut -c1-13) READY"
-wait_until "the static copy reading its checkpointed files" seen_by "$POD-$NODE_NAME"
-step "the copy reads the checkpointed Secret and ConfigMap: $(cat "$WORK/out/seen")"
-show_status
-show_log activate
-
-title "the API server comes back"
-node_sh start-apiserver
-step "API server back (/readyz ok)"
-wait_until "the agent to reconnect" metric_is pod_checkpointer_api_reachable 1
-step "agent reconnected: pod_checkpointer_api_reachable 1"
-wait_until "the parent running again (API phase Running, sandbox READY)" parent_running
-step "parent running again: phase Running, sandbox $(ready_sandbox "$POD" | cut -c1-13) READY"
-wait_until "the checkpoint out of the static pod dir" not_active
-step "checkpoint deactivated: $(active_manifest) gone"
-wait_until "the kubelet to stop the static copy" sandbox_not_ready "$POD-$NODE_NAME"
-step "kubelet stopped the static copy $NS/$POD-$NODE_NAME"
-show_log deactivate
-
-title "the parent is deleted"
-kubectl -n "$NS" delete pod "$POD" --grace-period=0 --timeout=60s >/dev/null || fail "kubectl delete pod"
-step "parent deleted (kubectl delete pod --grace-period=0)"
-wait_until "the checkpoint removed after the grace period" checkpoint_gone
-step "checkpoint removed after the ${GRACE} grace period: inactive manifest, secret and configmap dirs gone"
-show_status
-show_log grace_start remove
-
-# =============================================================================================
-# 3. teardown (the rest happens in cleanup)
-
-title "teardown"
-stop_agent
-[ "$AGENT_RC" = 0 ] || fail "the agent exited with status $AGENT_RC on SIGTERM (expected 0)"
-step "agent stopped by SIGTERM: exit 0"
+for chapter in "${CHAPTERS[@]}"; do
+  "chapter_$chapter"
+done
 PASSED=1
