@@ -68,6 +68,7 @@ step "every rendered chart object accepted by the real API server (dry run)"
 bash hack/chart-dry-run.sh
 
 step "end-to-end scenarios on the real node"
-cargo test --locked --features e2e --test e2e -- --test-threads=1
+# --show-output: the self-hosted scenarios print their measured figures (FIGURE lines).
+cargo test --locked --features e2e --test e2e -- --test-threads=1 --show-output
 
 step "all tests passed in $((SECONDS - started))s"
