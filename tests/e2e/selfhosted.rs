@@ -996,6 +996,27 @@ async fn replacement(
     after
 }
 
+/// An update took the old pod, and with it the API; its checkpoint brings the API back. Waits for
+/// both and prints the gap.
+async fn api_back_from_checkpoint(obs: &Observer, scenario: &str, t: f64) {
+    let went_down = wait_for("the API goes down with the old pod", API_BACK, || async {
+        obs.first_api(t, false)
+    })
+    .await;
+    let back = wait_for(
+        "the API answers from the old checkpoint",
+        API_BACK,
+        || async { obs.first_api(went_down, true) },
+    )
+    .await;
+    figure(
+        scenario,
+        "api_down_until_checkpoint_serves_s",
+        back - went_down,
+        "s",
+    );
+}
+
 /// Bad update: the new image does not exist. The old checkpoint keeps serving the API (the
 /// successor never starts, so it does not yield); a rollback recovers.
 #[tokio::test]
@@ -1012,22 +1033,7 @@ async fn selfhosted_bad_image_keeps_the_old_checkpoint_serving() {
         "path": "/spec/template/spec/containers/0/image",
         "value": "localhost/kube-apiserver:does-not-exist",
     }]));
-    let went_down = wait_for("the API goes down with the old pod", API_BACK, || async {
-        obs.first_api(t, false)
-    })
-    .await;
-    let back = wait_for(
-        "the API answers from the old checkpoint",
-        API_BACK,
-        || async { obs.first_api(went_down, true) },
-    )
-    .await;
-    figure(
-        "bad-update",
-        "api_down_until_checkpoint_serves_s",
-        back - went_down,
-        "s",
-    );
+    api_back_from_checkpoint(&obs, "bad-update", t).await;
     wait_for(
         "the bad pod exists and waits for its image",
         PARENT_BACK,
@@ -1096,16 +1102,7 @@ async fn selfhosted_bad_flag_falls_back_to_the_old_checkpoint() {
         "path": "/spec/template/spec/containers/0/args/-",
         "value": "--no-such-flag=1",
     }]));
-    let went_down = wait_for("the API goes down with the old pod", API_BACK, || async {
-        obs.first_api(t, false)
-    })
-    .await;
-    let back = wait_for(
-        "the API answers from the old checkpoint",
-        API_BACK,
-        || async { obs.first_api(went_down, true) },
-    )
-    .await;
+    api_back_from_checkpoint(&obs, "bad-config", t).await;
     let new_started = wait_for("the bad pod starts", PARENT_BACK, || async {
         obs.first_node(t, |s| s.parents.iter().any(|p| *p != before.name))
     })
@@ -1123,12 +1120,6 @@ async fn selfhosted_bad_flag_falls_back_to_the_old_checkpoint() {
         },
     )
     .await;
-    figure(
-        "bad-config",
-        "api_down_until_checkpoint_serves_s",
-        back - went_down,
-        "s",
-    );
     figure(
         "bad-config",
         "new_pod_started_to_copy_gone_s",
