@@ -926,9 +926,13 @@ async fn replacement(
     before: &ApiPod,
     t: f64,
 ) -> ApiPod {
-    let went_down = wait_for("the API goes down with the old pod", API_BACK, || async {
-        obs.first_api(t, false)
-    })
+    // The DaemonSet controller decides when the old pod goes; after earlier outages its work
+    // queue backs off for a minute or more, so this waits as long as for a new pod.
+    let went_down = wait_for(
+        "the API goes down with the old pod",
+        PARENT_BACK,
+        || async { obs.first_api(t, false) },
+    )
     .await;
     let copy_active = wait_for(
         "the old pod's checkpoint is activated",
@@ -999,9 +1003,13 @@ async fn replacement(
 /// An update took the old pod, and with it the API; its checkpoint brings the API back. Waits for
 /// both and prints the gap.
 async fn api_back_from_checkpoint(obs: &Observer, scenario: &str, t: f64) {
-    let went_down = wait_for("the API goes down with the old pod", API_BACK, || async {
-        obs.first_api(t, false)
-    })
+    // The DaemonSet controller decides when the old pod goes; after earlier outages its work
+    // queue backs off for a minute or more, so this waits as long as for a new pod.
+    let went_down = wait_for(
+        "the API goes down with the old pod",
+        PARENT_BACK,
+        || async { obs.first_api(t, false) },
+    )
     .await;
     let back = wait_for(
         "the API answers from the old checkpoint",
