@@ -180,7 +180,7 @@ async fn start_api_side(
         pods: PodWatch::spawn(
             &client,
             node_name,
-            &identity.namespaces,
+            &watched_namespaces(identity, node_name),
             trigger.clone(),
             metrics.clone(),
         ),
@@ -192,6 +192,17 @@ async fn start_api_side(
             .map(|(ns, name)| OwnerWatch::spawn(client.clone(), ns, name, trigger.clone())),
         client,
     })
+}
+
+/// The allow-list plus the agent's own namespace (see `Scope::watched_namespaces`).
+fn watched_namespaces(identity: &IdentityArgs, node_name: &str) -> Vec<String> {
+    let me = identity.me(node_name);
+    let scope = pod_checkpointer_core::plan::Scope {
+        node_name,
+        namespaces: &identity.namespaces,
+        me: me.as_ref(),
+    };
+    scope.watched_namespaces()
 }
 
 /// The runtime and the kubelet, at least one of them: without either the agent cannot tell

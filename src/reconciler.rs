@@ -173,8 +173,15 @@ impl Reconciler {
             .api_reachable
             .set(i64::from(api_pods.is_some()));
 
-        // Parents: the API's when it answers; else what the kubelet still knows.
-        let parents = scope_of(&self.settings).parents(api_pods.as_deref(), &node.kubelet_pods);
+        // Parents: the API's when it answers; else what the kubelet still knows. Whether the
+        // agent was replaced is read off every pod the API lists, opted in or not.
+        let owner = self.store.read_state(StateFile::Owner).ok().flatten();
+        let plan::Listing { parents, replaced } = plan::listing(
+            &scope_of(&self.settings),
+            api_pods.as_deref(),
+            &node.kubelet_pods,
+            owner.as_deref(),
+        );
         if api_pods.is_some() {
             // Remember parents after they leave the API: their removal is reported on them.
             for p in &parents {
@@ -228,10 +235,6 @@ impl Reconciler {
                 (k.clone(), state)
             }),
         );
-        let replaced = api_pods.is_some() && {
-            let owner = self.store.read_state(StateFile::Owner).ok().flatten();
-            scope_of(&self.settings).replaced(&parents, owner.as_deref())
-        };
         let kubelet = plan::kubelet_parents(&scope_of(&self.settings), &node.kubelet_pods);
         let remembered: BTreeMap<PodKey, ApiParent> = (self.api_pods.iter())
             .map(|(k, p)| (k.clone(), plan::facts(p)))

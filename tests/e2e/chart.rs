@@ -1279,3 +1279,118 @@ async fn agent_with_the_charts_rbac_reports_a_missing_permission() {
         "no forbidden request logged"
     );
 }
+
+impl Release<'_> {
+    /// `helm upgrade --reuse-values` with `set`, waiting for the rollout.
+    fn upgrade(&self, set: &[&str]) {
+        let chart = chart_dir();
+        let mut args = vec![
+            "upgrade",
+            self.name.as_str(),
+            chart.to_str().expect("chart path"),
+            "--namespace",
+            self.namespace.as_str(),
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "120s",
+        ];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        if let Err(e) = helm(self.node, &args) {
+            self.logs.dump();
+            panic!("helm upgrade: {e}");
+        }
+    }
+}
+
+/// Issue 11.3: `helm upgrade --set checkpointSelf=false`, in the losing order: the old pod's
+/// static copy takes the node lock before the newer DaemonSet pod (which does not checkpoint
+/// itself) starts. The copy must see that newer pod as its replacement, annotated or not, and
+/// remove only its own checkpoint: every other checkpoint on the node stays.
+#[tokio::test]
+async fn turning_off_self_checkpointing_removes_only_the_agents_own_checkpoint() {
+    let node = Node::from_env();
+    let ns = ChartNamespace::create(&node, "e2e-chart-noself").await;
+    let release = Release::install(&node, &ns, "pc").await;
+    let pod = wait_for("the DaemonSet's pod is Ready", LONG, || async {
+        release.daemon_pod().await.filter(is_ready)
+    })
+    .await;
+    let me = ns.key(pod.metadata.name.as_deref().expect("pod name"));
+    let copy = me.static_pod_key(&node.name);
+    wait_for("the static copy stands by on the lock", LONG, || async {
+        (node.active_manifest(&me).exists()
+            && release
+                .logs
+                .of(&copy.name)
+                .contains("\"action\":\"standby\""))
+        .then_some(())
+    })
+    .await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &busybox_pod(&node, "parent", true, "sleep 3600", serde_json::json!({})),
+    )
+    .await
+    .expect("create parent");
+    let parent = ns.key("parent");
+    wait_for("the parent runs with its checkpoint", LONG, || async {
+        (release.inactive(&parent).exists() && pod_running(&pods, "parent").await).then_some(())
+    })
+    .await;
+
+    release.upgrade(&["checkpointSelf=false"]);
+    wait_for(
+        "the old pod's static copy holds the node lock (the losing order)",
+        LONG,
+        || async {
+            release
+                .logs
+                .of(&copy.name)
+                .contains("holding the node lock")
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the copy removes its own checkpoint, and only that",
+        CLEANUP,
+        || async {
+            assert!(
+                release.inactive(&parent).exists(),
+                "the parent's checkpoint was removed: the copy took the new release for an uninstall"
+            );
+            let own_left =
+                release.inactive(&me).exists() || node.active_manifest(&me).exists();
+            (!own_left).then_some(())
+        },
+    )
+    .await;
+    let newer = wait_for(
+        "the newer DaemonSet pod holds the node lock",
+        LONG,
+        || async {
+            let pod = release.daemon_pod().await?;
+            let name = pod.metadata.name.clone()?;
+            (name != me.name && release.logs.of(&name).contains("holding the node lock"))
+                .then_some(name)
+        },
+    )
+    .await;
+    holds_for(
+        "the parent's checkpoint stays under the newer agent",
+        Duration::from_secs(10),
+        || async { release.inactive(&parent).exists() && pod_running(&pods, "parent").await },
+    )
+    .await;
+    for name in [&copy.name, &newer] {
+        assert_eq!(
+            line_of(&release.logs.of(name), "parent", "remove"),
+            None,
+            "{name} removed the parent's checkpoint"
+        );
+    }
+}

@@ -122,11 +122,13 @@ impl Scope<'_> {
         self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
     }
 
-    /// A parent to checkpoint: opted in, in an allowed namespace, and bound to this node (or not
-    /// bound yet, as the kubelet lists its own pods).
+    /// A parent to checkpoint: opted in, in an allowed namespace (or the agent's own pod,
+    /// wherever it runs), and bound to this node (or not bound yet, as the kubelet lists its
+    /// own pods).
     pub fn wanted(&self, pod: &Pod) -> bool {
         let ns_ok = self.namespaces.is_empty()
-            || (pod.metadata.namespace.as_deref()).is_some_and(|ns| self.namespace_allowed(ns));
+            || (pod.metadata.namespace.as_deref()).is_some_and(|ns| self.namespace_allowed(ns))
+            || self.me.is_some_and(|me| key_of(pod) == *me);
         let node_ok = (pod.spec.as_ref())
             .and_then(|s| s.node_name.as_deref())
             .is_none_or(|n| n == self.node_name);
@@ -157,14 +159,29 @@ impl Scope<'_> {
         }
     }
 
-    /// Whether a newer pod of the agent's own DaemonSet (`owner`, remembered on disk) is listed
-    /// among `parents`: the agent was replaced (a rolling update), not removed, so only its own
-    /// checkpoint should go.
-    pub fn replaced(&self, parents: &[Arc<Pod>], owner: Option<&str>) -> bool {
+    /// The namespaces whose pods the agent must watch: its allow-list and its own namespace,
+    /// whether listed or not (it must see its own pod and its DaemonSet's newer pods, or it
+    /// would read its own absence as an uninstall); empty means all.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut watched = self.namespaces.to_vec();
+        if let Some(me) = self.me
+            && !watched.is_empty()
+            && !watched.contains(&me.namespace)
+        {
+            watched.push(me.namespace.clone());
+        }
+        watched
+    }
+
+    /// Whether a newer pod of the agent's own DaemonSet (`owner`, remembered on disk) is among
+    /// `listed`, every pod the API lists on this node, opted in or not (a newer release may
+    /// not checkpoint itself): the agent was replaced (a rolling update), not removed, so only
+    /// its own checkpoint should go.
+    pub fn replaced(&self, listed: &[Arc<Pod>], owner: Option<&str>) -> bool {
         let (Some(me), Some(owner)) = (self.me, owner) else {
             return false;
         };
-        parents.iter().any(|p| {
+        listed.iter().any(|p| {
             let key = key_of(p);
             key != *me && key.namespace == me.namespace && owned_by_daemonset(p, owner)
         })
@@ -175,6 +192,29 @@ impl Scope<'_> {
     pub fn binds_token(&self, key: &PodKey) -> bool {
         Some(key) != self.me
     }
+}
+
+/// Who is who in one pass: the parents, and whether the agent has been replaced.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// The parents of this pass (see [`Scope::parents`]).
+    pub parents: Vec<Arc<Pod>>,
+    /// A newer pod of the agent's DaemonSet is listed (see [`Scope::replaced`]); only ever
+    /// true when the API answered, since only the API names every pod on the node.
+    pub replaced: bool,
+}
+
+/// The parents and the agent's succession, from the API's list (`None` when it did not answer),
+/// the kubelet's, and the agent's DaemonSet as remembered on disk.
+pub fn listing(
+    scope: &Scope<'_>,
+    api: Option<&[Arc<Pod>]>,
+    kubelet: &Observation<Vec<Pod>>,
+    owner: Option<&str>,
+) -> Listing {
+    let parents = scope.parents(api, kubelet);
+    let replaced = api.is_some_and(|listed| scope.replaced(listed, owner));
+    Listing { parents, replaced }
 }
 
 /// The parents the kubelet lists (it knows them without the API), `Unknown` when it did not

@@ -329,3 +329,66 @@ fn a_pod_is_ready_only_while_every_container_runs() {
         .build();
     assert!(facts(&being_deleted).leaving);
 }
+
+/// Issue 11.3: `helm upgrade --set checkpointSelf=false` makes the newer DaemonSet pod a pod
+/// without the annotation. It still replaces the agent: were it missed, the old pod's static
+/// copy would read its own absence as an uninstall and wipe the node after the grace period.
+#[test]
+fn a_newer_daemonset_pod_replaces_the_agent_whether_or_not_it_checkpoints_itself() {
+    let me = PodKey::new("cp", "agent-old");
+    let scope = Scope {
+        node_name: "n1",
+        namespaces: &[],
+        me: Some(&me),
+    };
+    let newer = |annotated: bool| {
+        let pod = if annotated {
+            PodBuilder::parent("cp", "agent-new")
+        } else {
+            PodBuilder::new("cp", "agent-new")
+        };
+        Arc::new(pod.owner("DaemonSet", "agent", "u", true).build())
+    };
+    let parent = Arc::new(PodBuilder::parent("cp", "web").build());
+    for annotated in [true, false] {
+        let api = [newer(annotated), parent.clone()];
+        let seen = listing(&scope, Some(&api), &Observation::Unknown, Some("agent"));
+        assert!(seen.replaced, "annotated: {annotated}");
+        let names: Vec<_> = seen.parents.iter().map(|p| key_of(p).name).collect();
+        let expected: &[&str] = if annotated {
+            &["agent-new", "web"]
+        } else {
+            &["web"]
+        };
+        assert_eq!(names, expected, "annotated: {annotated}");
+    }
+    // Only the API names every pod: the kubelet's list never says "replaced".
+    let kubelet = Observation::Known(vec![(*newer(false)).clone()]);
+    assert!(!listing(&scope, None, &kubelet, Some("agent")).replaced);
+}
+
+/// Issue 11.3: a namespace list that leaves out the agent's own namespace must not hide the
+/// agent's own pod (or it would read its absence as an uninstall).
+#[test]
+fn the_agents_own_pod_and_namespace_are_watched_whatever_the_namespace_list() {
+    let namespaces = ["prod".to_owned()];
+    let me = PodKey::new("agents", "agent-x");
+    let scope = Scope {
+        node_name: "n1",
+        namespaces: &namespaces,
+        me: Some(&me),
+    };
+    assert_eq!(scope.watched_namespaces(), ["prod", "agents"]);
+    assert!(scope.wanted(&PodBuilder::parent("agents", "agent-x").build()));
+    assert!(!scope.wanted(&PodBuilder::parent("agents", "other").build()));
+    let all = Scope {
+        namespaces: &[],
+        ..scope
+    };
+    assert!(all.watched_namespaces().is_empty(), "empty still means all");
+    let listed = Scope {
+        namespaces: &["agents".to_owned()],
+        ..scope
+    };
+    assert_eq!(listed.watched_namespaces(), ["agents"]);
+}
