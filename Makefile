@@ -31,7 +31,7 @@ demo: ## Self-hosted node rebooted, the checkpoint brings the API back: hack/dem
 
 lint: ## cargo fmt --check, clippy -D warnings, hack/chart-check.sh
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	bash hack/chart-check.sh
 
 fmt: ## cargo fmt

@@ -42,12 +42,12 @@ PROMTOOL=$(command -v promtool)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets --features e2e -- -D warnings"
-cargo clippy --locked --all-targets --features e2e -- -D warnings
+step "cargo clippy --workspace --all-targets --features e2e -- -D warnings"
+cargo clippy --locked --workspace --all-targets --features e2e -- -D warnings
 
 step "unit, property, store and containerd tests"
 # The containerd test must not skip itself here: CI has everything it needs.
-POD_CHECKPOINTER_REQUIRE_CONTAINERD=1 cargo test --locked
+POD_CHECKPOINTER_REQUIRE_CONTAINERD=1 cargo test --locked --workspace
 
 step "chart and alerts"
 bash hack/chart-check.sh

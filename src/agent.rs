@@ -185,7 +185,7 @@ async fn start_api_side(
             metrics.clone(),
         ),
         objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
-        tokens: Tokens::default(),
+        tokens: Tokens::new(trigger.clone()),
         events: Events::new(client.clone(), node_name),
         uninstall: identity
             .own_pod()

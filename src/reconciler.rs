@@ -14,7 +14,7 @@ use kube::Client;
 use pod_checkpointer_core::plan::{self, Scope, Views, key_of};
 
 use crate::cri::CriClient;
-use crate::decide::{self, Action, ApiParent, DeactivateReason, Inputs, OnDiskState, Yield};
+use crate::decide::{self, Action, DeactivateReason, Inputs, OnDiskState, Yield};
 use crate::metrics::Metrics;
 use crate::model::{Observation, PodKey};
 use crate::poller::SharedNodeView;
@@ -77,14 +77,20 @@ pub struct Reconciler {
     /// count toward grace (or take from it).
     api_since: Option<Instant>,
     refused: BTreeMap<PodKey, Refusal>,
-    /// The last API copy of each parent, kept until its checkpoint is removed, for Events.
-    api_pods: BTreeMap<PodKey, Arc<Pod>>,
+    /// The last API copy of each parent, kept while its checkpoint is on disk (succession,
+    /// Events on removal).
+    remembered: plan::Remembered,
     synced_once: bool,
     /// Whether the last disk scan succeeded (`None` before the first): a failure is logged and
     /// counted once per transition, not once per pass.
     disk_readable: Option<bool>,
     /// Checkpoints whose activation time is exported, so only series that are gone are removed.
     activated_series: BTreeSet<PodKey>,
+    /// Actions failing since an earlier pass, by checkpoint and action, with the reason logged:
+    /// a lasting failure is logged when it starts, changes and ends, not on every pass.
+    failing: BTreeMap<(PodKey, &'static str), &'static str>,
+    /// Duplicate manifest files already reported.
+    duplicates: BTreeSet<std::path::PathBuf>,
 }
 
 impl Reconciler {
@@ -132,10 +138,12 @@ impl Reconciler {
             yields: BTreeMap::new(),
             api_since: None,
             refused: BTreeMap::new(),
-            api_pods: BTreeMap::new(),
+            remembered: plan::Remembered::default(),
             synced_once: false,
             disk_readable: None,
             activated_series: BTreeSet::new(),
+            failing: BTreeMap::new(),
+            duplicates: BTreeSet::new(),
         }
     }
 
@@ -184,13 +192,11 @@ impl Reconciler {
         );
         if api_pods.is_some() {
             // Remember parents after they leave the API: their removal is reported on them.
-            for p in &parents {
-                self.api_pods.insert(key_of(p), p.clone());
-            }
+            self.remembered.listed(&parents);
             self.synced_once = true;
         }
 
-        self.fetch_references(&parents, api_pods.is_some()).await;
+        self.fetch_references(&parents, api_pods.is_some());
         // Unknown is not empty: without a disk view nothing is written (it could replace a
         // checkpoint the guards below would keep), removed or activated, the drain does not end,
         // and the gauges keep their last values.
@@ -206,9 +212,12 @@ impl Reconciler {
         };
         let checkpoints_on_disk = disk.checkpoints.len();
         let mut checkpoints = BTreeMap::new();
-        let mut refused = BTreeMap::new();
-        for parent in &parents {
-            let key = key_of(parent);
+        let keys: Vec<PodKey> = parents.iter().map(|p| key_of(p)).collect();
+        let mut refused = plan::name_collisions(&keys, |k| disk.checkpoints.contains_key(k));
+        for (parent, key) in parents.iter().zip(keys) {
+            if refused.contains_key(&key) {
+                continue;
+            }
             match self.sanitize(parent, &key) {
                 Ok(cp) => {
                     if !plan::loses_token(&cp, disk.checkpoints.contains_key(&key)) {
@@ -236,9 +245,7 @@ impl Reconciler {
             }),
         );
         let kubelet = plan::kubelet_parents(&scope_of(&self.settings), &node.kubelet_pods);
-        let remembered: BTreeMap<PodKey, ApiParent> = (self.api_pods.iter())
-            .map(|(k, p)| (k.clone(), plan::facts(p)))
-            .collect();
+        let remembered = self.remembered.facts();
         let now = Timestamp::now();
         // `decide` takes wall-clock times; the elapsed part is measured, not read off the clock.
         let api_since = self
@@ -272,11 +279,10 @@ impl Reconciler {
                 continue;
             }
             let result = self.apply(action, &checkpoints);
+            self.report_outcome(action, &result);
             acted |= result.is_ok();
-            if let Err(e) = result {
-                self.metrics.write_errors.inc();
+            if result.is_err() {
                 let key = action.key();
-                tracing::error!(namespace = %key.namespace, pod = %key.name, action = action.name(), reason = e.reason, error = %e.message, "checkpoint operation failed; will retry");
                 // A failed refresh leaves the checkpoint that was on disk in place (the manifest
                 // is replaced last, atomically): what follows, activating it included, must not
                 // depend on refreshing it. Without one on disk there is nothing to go on with.
@@ -289,6 +295,9 @@ impl Reconciler {
                 }
             }
         }
+        let on_disk = |k: &PodKey| disk.checkpoints.contains_key(k) || checkpoints.contains_key(k);
+        self.remembered.forget_gone(on_disk);
+        self.failing.retain(|(k, _), _| on_disk(k));
         if self.deadlines != deadlines_before
             && let Err(e) = self.store.save_deadlines(&self.deadlines)
         {
@@ -313,10 +322,18 @@ impl Reconciler {
 
     /// When a service-account token is next due for refresh, while the API answers.
     fn token_refresh(&self, api_up: bool) -> Option<Timestamp> {
-        self.api
-            .as_ref()
-            .and_then(|a| a.tokens.next_refresh())
-            .filter(|_| api_up)
+        let at = self
+            .api
+            .as_ref()?
+            .tokens
+            .next_refresh()
+            .filter(|_| api_up)?;
+        let ahead = at.saturating_duration_since(tokio::time::Instant::now());
+        Some(
+            Timestamp::now()
+                .checked_add(ahead)
+                .unwrap_or(Timestamp::MAX),
+        )
     }
 
     /// Records the agent's DaemonSet for its static copy, once the API has named it.
@@ -343,7 +360,7 @@ impl Reconciler {
     }
 
     /// Keeps object watches on exactly what the parents reference, and their tokens fresh.
-    async fn fetch_references(&mut self, parents: &[Arc<Pod>], api_up: bool) {
+    fn fetch_references(&mut self, parents: &[Arc<Pod>], api_up: bool) {
         let scope = scope_of(&self.settings);
         let Some(api) = self.api.as_mut() else {
             return;
@@ -375,10 +392,9 @@ impl Reconciler {
             if !refs.tokens.is_empty() {
                 let bind = scope.binds_token(&key);
                 api.tokens
-                    .refresh(&api.client, parent, &refs.tokens, bind, &self.metrics)
-                    .await;
+                    .refresh(&api.client, parent, &refs.tokens, bind, &self.metrics);
             }
-            keys.insert(key);
+            keys.insert((key, parent.metadata.uid.clone().unwrap_or_default()));
         }
         api.objects.ensure(&wanted);
         api.tokens.retain(&keys);
@@ -414,7 +430,8 @@ impl Reconciler {
                     };
                 }
             }
-            objects.tokens = api.tokens.for_pod(key);
+            let uid = parent.metadata.uid.as_deref().unwrap_or_default();
+            objects.tokens = api.tokens.for_pod(key, uid);
         } else if !refs.secrets.is_empty() || !refs.config_maps.is_empty() {
             return Err(Skip::Waiting);
         }
@@ -439,6 +456,14 @@ impl Reconciler {
                 for (path, why) in &view.unreadable {
                     tracing::debug!(path = %path.display(), error = %why, "ignoring an unreadable manifest");
                 }
+                let duplicates: BTreeSet<_> =
+                    view.duplicates.iter().map(|(_, p)| p.clone()).collect();
+                for (key, path) in &view.duplicates {
+                    if !self.duplicates.contains(path) {
+                        tracing::warn!(namespace = %key.namespace, pod = %key.name, duplicate = %path.display(), "two manifest files hold the same checkpoint; the canonically named one is used, the other is left alone");
+                    }
+                }
+                self.duplicates = duplicates;
                 Some(view)
             }
             Err(e) => {
@@ -541,7 +566,7 @@ impl Reconciler {
                     "checkpoint removed with its files"
                 );
                 self.event(&key, "CheckpointRemoved", "Remove", "The parent is no longer scheduled on this node; its checkpoint and files were removed.");
-                self.api_pods.remove(&key);
+                self.remembered.forget(&key);
                 self.yields.remove(&key);
             }
             Action::SetYield(_, state) => {
@@ -578,8 +603,31 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Counts a failed action, and logs a failure when it starts, changes or ends: a lasting
+    /// one (a full disk) is retried every pass but logged once.
+    fn report_outcome(&mut self, action: &Action, result: &Result<(), ActionError>) {
+        let key = action.key();
+        let (ns, pod, name) = (&key.namespace, &key.name, action.name());
+        let attempt = (key.clone(), name);
+        match result {
+            Ok(()) => {
+                if self.failing.remove(&attempt).is_some() {
+                    tracing::info!(namespace = %ns, pod = %pod, action = name, "checkpoint operation works again");
+                }
+            }
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                if self.failing.insert(attempt, e.reason) != Some(e.reason) {
+                    tracing::error!(namespace = %ns, pod = %pod, action = name, reason = e.reason, error = %e.message, "checkpoint operation failed; retrying every pass, logging again only when this changes");
+                } else {
+                    tracing::debug!(namespace = %ns, pod = %pod, action = name, reason = e.reason, error = %e.message, "checkpoint operation still failing");
+                }
+            }
+        }
+    }
+
     fn event(&self, key: &PodKey, reason: &str, action: &str, note: &str) {
-        if let (Some(api), Some(pod)) = (&self.api, self.api_pods.get(key))
+        if let (Some(api), Some(pod)) = (&self.api, self.remembered.get(key))
             && api.pods.is_reachable()
         {
             api.events.publish(pod, reason, action, note.to_string());
@@ -591,6 +639,10 @@ impl Reconciler {
         for (key, why) in &now {
             if self.refused.get(key) != Some(why) {
                 tracing::warn!(namespace = %key.namespace, pod = %key.name, action = "refuse", reason = why.reason(), error = %why, "pod cannot be checkpointed");
+                if let (Some(api), Some(pod)) = (&self.api, self.remembered.get(key)) {
+                    let note = format!("The pod cannot be checkpointed: {why}.");
+                    api.events.warn(pod, "CheckpointRefused", "Refuse", note);
+                }
             }
         }
         // New values first, then only the series that are gone: a scrape during the pass never

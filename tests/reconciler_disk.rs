@@ -1,6 +1,10 @@
 //! The reconciler end to end against a real store in a temporary directory, with the API side
 //! absent (the node view alone): what a pass does when the disk misbehaves.
 
+mod support {
+    pub mod logs;
+}
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -264,4 +268,78 @@ async fn scan_error_keeps_the_last_gauges_and_never_reports_an_empty_node() {
     assert_eq!(pass.checkpoints_on_disk, Some(1));
     assert_eq!(w.metrics.disk_readable.get(), 1);
     assert_eq!((w.gauge("active"), w.gauge("inactive")), (1, 0));
+}
+
+/// Issue 10.2: namespace `a-b` pod `c` and namespace `a` pod `b-c` both need `a-b-c.json`. The
+/// loser is a stable refusal (`refused_pods{reason="name_collision"}`), not a write error
+/// retried on every pass (which fired the disk alert), and the holder's checkpoint is written.
+#[tokio::test]
+async fn a_file_name_collision_is_a_refusal_not_a_write_error() {
+    let w = World::new();
+    let pod = |ns: &str, name: &str| {
+        PodBuilder::parent(ns, name)
+            .node(NODE)
+            .status(json!({"phase": "Running"}))
+            .build()
+    };
+    let (holder, loser) = (PodKey::new("a", "b-c"), PodKey::new("a-b", "c"));
+    let running = BTreeSet::from([holder.clone(), loser.clone()]);
+    let node = node_view(vec![pod("a-b", "c"), pod("a", "b-c")], running);
+    let mut r = w.reconciler(node);
+    for _ in 0..3 {
+        r.reconcile().await;
+    }
+    assert_eq!(w.metrics.write_errors.get(), 0, "not a write error");
+    assert_eq!(
+        w.metrics
+            .refused_pods
+            .with_label_values(&["name_collision"])
+            .get(),
+        1
+    );
+    let file = w.layout.inactive_manifest_dir.join("a-b-c.json");
+    let written: Pod =
+        serde_json::from_slice(&fs::read(&file).expect("holder's checkpoint")).expect("a pod");
+    assert_eq!(sanitize::checkpoint_of(&written), Some(holder));
+}
+
+/// Issue 10.13: a failure that lasts is logged when it starts (and when it ends), not on every
+/// pass; it is still counted on every pass.
+#[tokio::test]
+async fn a_lasting_write_failure_is_logged_once_not_every_pass() {
+    let (logged, _guard) = support::logs::capture();
+    let w = World::new();
+    let aside = block_dir(&w.layout.secret_dir);
+    let node = node_view(vec![stopped_parent(downward_volume())], BTreeSet::new());
+    let mut r = w.reconciler(node);
+    for _ in 0..3 {
+        r.reconcile().await;
+    }
+    assert_eq!(w.metrics.write_errors.get(), 3, "counted every pass");
+    assert_eq!(logged.count(tracing::Level::ERROR, "action=\"write\""), 1);
+    unblock_dir(&w.layout.secret_dir, &aside);
+    r.reconcile().await;
+    assert!(w.inactive().is_file());
+    assert_eq!(logged.count(tracing::Level::INFO, "works again"), 1);
+}
+
+/// Issue 10.13: two files holding the same checkpoint are reported once, not twice per pass.
+#[tokio::test]
+async fn a_duplicate_manifest_is_reported_once() {
+    let (logged, _guard) = support::logs::capture();
+    let w = World::new();
+    let parent = stopped_parent(json!([]));
+    w.seed(&parent, &Objects::default());
+    let copy = w.layout.inactive_manifest_dir.join("copy-of-it.json");
+    fs::copy(w.inactive(), &copy).expect("duplicate");
+    let node = node_view(vec![parent], BTreeSet::from([key()]));
+    let mut r = w.reconciler(node);
+    for _ in 0..3 {
+        r.reconcile().await;
+    }
+    assert_eq!(
+        logged.count(tracing::Level::WARN, "copy-of-it.json"),
+        1,
+        "reported once"
+    );
 }

@@ -84,6 +84,9 @@ pub struct DiskView {
     /// `*.json` files that could not be read or parsed: reported so an operator can look, never
     /// touched. The text says what is wrong, without the file's content.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Files holding a checkpoint that another file (the canonically named one) already holds:
+    /// ignored, and reported so an operator can look.
+    pub duplicates: Vec<(PodKey, PathBuf)>,
 }
 
 /// Where one checkpoint lies: inactive only, or also active in the kubelet's directory.
@@ -180,10 +183,11 @@ impl Store {
         for (found, is_active) in [(inactive, false), (active, true)] {
             view.unreadable.extend(found.unreadable);
             for file in found.checkpoints {
+                let dups = &mut view.duplicates;
                 let entry = view.checkpoints.entry(file.key.clone()).or_default();
                 if !is_active {
-                    place_checkpoint(&mut entry.inactive, &file.key, file.path);
-                } else if place_checkpoint(&mut entry.active, &file.key, file.path) {
+                    place_checkpoint(&mut entry.inactive, &file.key, file.path, dups);
+                } else if place_checkpoint(&mut entry.active, &file.key, file.path, dups) {
                     entry.active_since = file.written;
                 }
             }

@@ -224,9 +224,14 @@ pub(super) fn read_manifest_dir(dir: &Path) -> Result<ManifestDir, StoreError> {
 }
 
 /// Records a found checkpoint file; when two files hold the same key, the canonically named one
-/// (`<ns>-<name>.json`) wins and the other is logged, never guessed about. Returns whether `path`
-/// is the one kept.
-pub(super) fn place_checkpoint(slot: &mut Option<PathBuf>, key: &PodKey, path: PathBuf) -> bool {
+/// (`<ns>-<name>.json`) wins and the other goes to `duplicates` (reported by the caller, once),
+/// never guessed about. Returns whether `path` is the one kept.
+pub(super) fn place_checkpoint(
+    slot: &mut Option<PathBuf>,
+    key: &PodKey,
+    path: PathBuf,
+    duplicates: &mut Vec<(PodKey, PathBuf)>,
+) -> bool {
     let canonical = key.manifest_file_name();
     let is_canonical = |p: &Path| p.file_name() == Some(OsStr::new(&canonical));
     match slot {
@@ -241,13 +246,7 @@ pub(super) fn place_checkpoint(slot: &mut Option<PathBuf>, key: &PodKey, path: P
             } else {
                 (existing.clone(), path)
             };
-            tracing::warn!(
-                namespace = %key.namespace,
-                pod = %key.name,
-                kept = %keep.display(),
-                duplicate = %other.display(),
-                "two manifest files hold the same checkpoint"
-            );
+            duplicates.push((key.clone(), other));
             *slot = Some(keep);
             takes_over
         }

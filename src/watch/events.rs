@@ -25,9 +25,18 @@ impl Events {
 
     /// Fire and forget: an Event that cannot be sent must never hold up the agent.
     pub fn publish(&self, pod: &Pod, reason: &str, action: &str, note: String) {
+        self.send(pod, EventType::Normal, reason, action, note);
+    }
+
+    /// A Warning Event, for what the pod's owner must fix (a pod that cannot be checkpointed).
+    pub fn warn(&self, pod: &Pod, reason: &str, action: &str, note: String) {
+        self.send(pod, EventType::Warning, reason, action, note);
+    }
+
+    fn send(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, note: String) {
         let reference: ObjectReference = pod.object_ref(&());
         let event = KubeEvent {
-            type_: EventType::Normal,
+            type_,
             reason: reason.into(),
             note: Some(note),
             action: action.into(),

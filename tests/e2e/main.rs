@@ -4,6 +4,7 @@
 //! (stop the API server, "reboot" the runtime), so they run one at a time (`--test-threads=1`).
 
 mod chart;
+mod collision;
 mod harness;
 mod selfhosted;
 

@@ -7,14 +7,14 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ContainerState, Pod};
 
 use crate::decide::{ApiParent, OnDiskState};
 use crate::model::{Observation, PodKey};
-use crate::sanitize::{self, Checkpoint, Warning};
+use crate::sanitize::{self, Checkpoint, Refusal, Warning};
 
 /// The key a pod is known by everywhere (disk, deadlines, metrics): its namespace and name, or
 /// its `generateName` when it has no name yet, as the API client names it.
@@ -191,6 +191,95 @@ impl Scope<'_> {
     /// after its pod is gone, and a bound token would die with the pod.
     pub fn binds_token(&self, key: &PodKey) -> bool {
         Some(key) != self.me
+    }
+}
+
+/// Parents whose checkpoint file name another parent of this pass needs too (`a-b`/`c` and
+/// `a`/`b-c` both map to `a-b-c.json`, the seed's naming, kept for compatibility). One keeps the
+/// file: the one whose checkpoint is on disk (`on_disk`), else the first by namespace and name,
+/// so the choice holds from pass to pass. The others are refused, each with the holder's name.
+pub fn name_collisions<'a>(
+    keys: impl IntoIterator<Item = &'a PodKey>,
+    on_disk: impl Fn(&PodKey) -> bool,
+) -> BTreeMap<PodKey, Refusal> {
+    let mut by_file: BTreeMap<String, Vec<&PodKey>> = BTreeMap::new();
+    for key in keys {
+        by_file
+            .entry(key.manifest_file_name())
+            .or_default()
+            .push(key);
+    }
+    let mut refused = BTreeMap::new();
+    for (file, mut claims) in by_file.into_iter().filter(|(_, c)| c.len() > 1) {
+        claims.sort();
+        let holder = claims
+            .iter()
+            .copied()
+            .find(|k| on_disk(k))
+            .unwrap_or(claims[0]);
+        for key in claims.into_iter().filter(|k| *k != holder) {
+            let why = Refusal::NameCollision {
+                file: file.clone(),
+                holder: holder.to_string(),
+            };
+            refused.insert(key.clone(), why);
+        }
+    }
+    refused
+}
+
+/// The last API copy of each parent, kept after it leaves the API while its checkpoint is on
+/// disk: succession (SPEC §4) needs its last known state, and its removal is reported on it.
+#[derive(Clone, Debug, Default)]
+pub struct Remembered {
+    pods: BTreeMap<PodKey, Arc<Pod>>,
+    /// The parents of the API's latest list.
+    listed: BTreeSet<PodKey>,
+}
+
+impl Remembered {
+    /// Takes the API's current list of parents.
+    pub fn listed(&mut self, parents: &[Arc<Pod>]) {
+        self.listed.clear();
+        for p in parents {
+            let key = key_of(p);
+            self.listed.insert(key.clone());
+            self.pods.insert(key, p.clone());
+        }
+    }
+
+    /// Forgets the parents that the API's latest list left out and that have nothing on disk:
+    /// refused or never written, they would otherwise stay for the agent's lifetime.
+    pub fn forget_gone(&mut self, on_disk: impl Fn(&PodKey) -> bool) {
+        let listed = &self.listed;
+        self.pods.retain(|k, _| listed.contains(k) || on_disk(k));
+    }
+
+    /// Forgets one parent (its checkpoint was removed).
+    pub fn forget(&mut self, key: &PodKey) {
+        self.pods.remove(key);
+    }
+
+    /// The last API copy of one parent.
+    pub fn get(&self, key: &PodKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
+    /// How many parents are remembered.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// What [`decide`](crate::decide) needs to know about each.
+    pub fn facts(&self) -> BTreeMap<PodKey, ApiParent> {
+        (self.pods.iter())
+            .map(|(k, p)| (k.clone(), facts(p)))
+            .collect()
     }
 }
 

@@ -392,3 +392,60 @@ fn the_agents_own_pod_and_namespace_are_watched_whatever_the_namespace_list() {
     };
     assert_eq!(listed.watched_namespaces(), ["agents"]);
 }
+
+/// Issue 10.2: `a-b`/`c` and `a`/`b-c` both need `a-b-c.json`. One parent keeps the file (the
+/// one whose checkpoint is there, else the first by name, so the choice is stable from pass to
+/// pass); the other is refused with its own reason, not retried as a write error.
+#[test]
+fn parents_that_need_the_same_file_name_refuse_all_but_one_stably() {
+    let ab_c = PodKey::new("a-b", "c");
+    let a_bc = PodKey::new("a", "b-c");
+    let other = PodKey::new("a", "x");
+    let keys = [ab_c.clone(), a_bc.clone(), other.clone()];
+    let cases = [
+        (vec![], a_bc.clone(), ab_c.clone()),
+        (vec![ab_c.clone()], ab_c.clone(), a_bc.clone()),
+        (vec![a_bc.clone()], a_bc.clone(), ab_c.clone()),
+    ];
+    for (i, (on_disk, holder, loser)) in cases.into_iter().enumerate() {
+        let refused = name_collisions(&keys, |k| on_disk.contains(k));
+        assert_eq!(refused.len(), 1, "case {i}: {refused:?}");
+        let why = refused.get(&loser).expect("the loser is refused");
+        assert_eq!(why.reason(), "name_collision", "case {i}");
+        assert!(why.to_string().contains("a-b-c.json"), "case {i}: {why}");
+        assert!(
+            why.to_string().contains(&holder.to_string()),
+            "case {i}: {why}"
+        );
+    }
+    assert!(name_collisions(&[other], |_| false).is_empty());
+}
+
+/// Issue 10.11: the last API copy of a parent is kept after it leaves the API only while its
+/// checkpoint is on disk (its removal is reported on it); a parent never written (refused) is
+/// forgotten once it is gone, so memory does not grow with every refused pod ever seen.
+#[test]
+fn remembered_parents_are_forgotten_once_neither_listed_nor_on_disk() {
+    let pod = |name: &str| Arc::new(PodBuilder::parent("kube-system", name).build());
+    let mut memory = Remembered::default();
+    memory.listed(&[pod("written"), pod("refused"), pod("stays")]);
+    assert_eq!(memory.len(), 3);
+    // "written" and "refused" left the API; only "written" has a checkpoint on disk.
+    memory.listed(&[pod("stays")]);
+    memory.forget_gone(|k| k.name == "written");
+    assert!(
+        memory.get(&key("written")).is_some(),
+        "kept for its removal"
+    );
+    assert!(memory.get(&key("refused")).is_none(), "forgotten");
+    assert!(memory.get(&key("stays")).is_some(), "still listed");
+    assert_eq!(memory.len(), 2);
+    assert_eq!(
+        memory
+            .facts()
+            .keys()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
+        ["stays", "written"]
+    );
+}

@@ -289,6 +289,11 @@ pub enum Refusal {
     /// Two keys or items that need the same path as different things (e.g. `a` and `a/b`).
     #[error("two side entries of the checkpoint claim {path:?} with different kinds or contents")]
     PathConflict { path: PathBuf },
+    /// Another parent's checkpoint needs the same file name (see `plan::name_collisions`).
+    #[error(
+        "the checkpoint file {file:?} is taken by {holder}, whose namespace and name join to the same file name; rename one of the two pods"
+    )]
+    NameCollision { file: String, holder: String },
 }
 
 impl Refusal {
@@ -306,6 +311,7 @@ impl Refusal {
             Refusal::BinaryEnv { .. } => "binary_env",
             Refusal::InvalidEnvName { .. } => "invalid_env_name",
             Refusal::PathConflict { .. } => "path_conflict",
+            Refusal::NameCollision { .. } => "name_collision",
         }
     }
 }
