@@ -94,6 +94,51 @@ impl Tree {
     }
 }
 
+/// The driver of a volume that names a Secret for the kubelet to read through the API (a CSI
+/// driver's publish secret, an in-tree driver's `secretRef`, azureFile's `secretName`). The
+/// kubelet rejects a static pod that references any API object, so its copy could never start.
+fn secret_reading_driver(v: &Volume) -> Option<&'static str> {
+    let csi = v
+        .csi
+        .as_ref()
+        .is_some_and(|s| s.node_publish_secret_ref.is_some());
+    let found = [
+        ("csi", csi),
+        (
+            "rbd",
+            v.rbd.as_ref().is_some_and(|s| s.secret_ref.is_some()),
+        ),
+        (
+            "cephfs",
+            v.cephfs.as_ref().is_some_and(|s| s.secret_ref.is_some()),
+        ),
+        (
+            "iscsi",
+            v.iscsi.as_ref().is_some_and(|s| s.secret_ref.is_some()),
+        ),
+        (
+            "flexVolume",
+            v.flex_volume
+                .as_ref()
+                .is_some_and(|s| s.secret_ref.is_some()),
+        ),
+        ("azureFile", v.azure_file.is_some()),
+        ("scaleIO", v.scale_io.is_some()),
+        (
+            "storageos",
+            v.storageos.as_ref().is_some_and(|s| s.secret_ref.is_some()),
+        ),
+        (
+            "cinder",
+            v.cinder.as_ref().is_some_and(|s| s.secret_ref.is_some()),
+        ),
+    ];
+    found
+        .into_iter()
+        .find(|(_, refs)| *refs)
+        .map(|(driver, _)| driver)
+}
+
 impl<'a> Ctx<'a> {
     /// Converts a volume that references the API into files under a directory, returning that
     /// directory; `None` for volumes a static pod can carry as they are.
@@ -114,6 +159,11 @@ impl<'a> Ctx<'a> {
             return Err(unsupported(
                 "an ephemeral volume (it claims a PersistentVolumeClaim)",
             ));
+        }
+        if let Some(driver) = secret_reading_driver(volume) {
+            return Err(unsupported(&format!(
+                "a {driver} volume that reads a Secret through the API"
+            )));
         }
         let needed_by = format!("volume {:?}", volume.name);
         let object = if let Some(source) = &volume.secret {

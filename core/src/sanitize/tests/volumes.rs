@@ -222,6 +222,44 @@ fn persistent_volume_claims_and_ephemeral_volumes_are_refused() {
     }
 }
 
+/// Issue 12.3: volumes that read a Secret through the API (a CSI driver's publish secret, the
+/// `secretRef` of in-tree drivers, azureFile's `secretName`) would make the kubelet reject the
+/// static pod: refused with a reason, like PVCs.
+#[test]
+fn volumes_that_read_a_secret_through_the_api_are_refused() {
+    let cases = [
+        json!({"name": "data", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "s"}}}),
+        json!({"name": "data", "rbd": {"monitors": ["m"], "image": "i", "secretRef": {"name": "s"}}}),
+        json!({"name": "data", "cephfs": {"monitors": ["m"], "secretRef": {"name": "s"}}}),
+        json!({"name": "data", "iscsi": {"targetPortal": "p", "iqn": "q", "lun": 0, "secretRef": {"name": "s"}}}),
+        json!({"name": "data", "flexVolume": {"driver": "d", "secretRef": {"name": "s"}}}),
+        json!({"name": "data", "azureFile": {"secretName": "s", "shareName": "x"}}),
+        json!({"name": "data", "scaleIO": {"gateway": "g", "system": "s", "secretRef": {"name": "s"}}}),
+        json!({"name": "data", "storageos": {"secretRef": {"name": "s"}}}),
+        json!({"name": "data", "cinder": {"volumeID": "v", "secretRef": {"name": "s"}}}),
+    ];
+    for vol in cases {
+        let refusal = sanitize(
+            &with_volumes(json!([vol.clone()])),
+            &Objects::default(),
+            &layout(),
+        )
+        .expect_err(&format!("refused: {vol}"));
+        assert_eq!(refusal.reason(), "unsupported_volume", "{vol}");
+        assert!(refusal.to_string().contains("Secret"), "{refusal}");
+    }
+    // Without a secret reference the same drivers need nothing from the API.
+    let plain = json!({"name": "data", "csi": {"driver": "d"}});
+    assert!(
+        sanitize(
+            &with_volumes(json!([plain])),
+            &Objects::default(),
+            &layout()
+        )
+        .is_ok()
+    );
+}
+
 #[test]
 fn hostile_names_and_paths_are_refused() {
     let secret = objects(&[("s", data(&[("k", b"v")]))], &[]);
