@@ -85,6 +85,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         grace: timing.grace_period,
         namespaces: identity.namespaces,
         fallback_timeout: timing.fallback_timeout,
+        keep_active_on_uninstall: identity.keep_active_on_uninstall,
     };
     let reconciler = Reconciler::new(settings, store, metrics, node.view, node.runtime, api);
     let mut passes = Passes::new(reconciler, health, trigger);

@@ -36,6 +36,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// How long a successor that made a copy yield has to become Ready (SPEC §4 "Fallback").
     pub fallback_timeout: Duration,
+    /// Keep checkpoints whose copy runs when the agent leaves the node (see `Inputs::keep_active`).
+    pub keep_active_on_uninstall: bool,
 }
 
 /// The API-facing parts; absent only in tests of the offline paths.
@@ -91,6 +93,8 @@ pub struct Reconciler {
     failing: BTreeMap<(PodKey, &'static str), &'static str>,
     /// Duplicate manifest files already reported.
     duplicates: BTreeSet<std::path::PathBuf>,
+    /// Checkpoints kept on leaving the node, already reported.
+    kept: BTreeSet<PodKey>,
 }
 
 impl Reconciler {
@@ -144,6 +148,7 @@ impl Reconciler {
             activated_series: BTreeSet::new(),
             failing: BTreeMap::new(),
             duplicates: BTreeSet::new(),
+            kept: BTreeSet::new(),
         }
     }
 
@@ -269,7 +274,9 @@ impl Reconciler {
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling(),
             replaced,
+            keep_active: self.settings.keep_active_on_uninstall,
         });
+        self.report_kept(&decision.kept);
 
         let deadlines_before = self.deadlines.clone();
         let mut failed: BTreeSet<PodKey> = BTreeSet::new();
@@ -316,7 +323,8 @@ impl Reconciler {
         Pass {
             wake_at,
             acted,
-            checkpoints_on_disk: Some(checkpoints_on_disk),
+            // Those kept on purpose are not waited for.
+            checkpoints_on_disk: Some(checkpoints_on_disk.saturating_sub(decision.kept.len())),
         }
     }
 
@@ -622,6 +630,17 @@ impl Reconciler {
                 } else {
                     tracing::debug!(namespace = %ns, pod = %pod, action = name, reason = e.reason, error = %e.message, "checkpoint operation still failing");
                 }
+            }
+        }
+    }
+
+    /// Says once, in the log and as an Event, which checkpoints stay although the agent leaves
+    /// the node: a person must remove them once their parents run again.
+    fn report_kept(&mut self, kept: &[PodKey]) {
+        for key in kept {
+            if self.kept.insert(key.clone()) {
+                tracing::warn!(namespace = %key.namespace, pod = %key.name, action = "keep", "the agent leaves this node, but this checkpoint's copy runs and may be all that runs its parent: it stays (remove it by hand once the parent runs, or run with --keep-active-on-uninstall=false)");
+                self.event(key, "CheckpointKept", "Keep", "The checkpointer leaves this node; this checkpoint's copy runs and was kept. Remove it from the static pod directory by hand once the pod runs again.");
             }
         }
     }

@@ -36,6 +36,7 @@ fn settings() -> Settings {
         grace: Duration::from_secs(60),
         namespaces: Vec::new(),
         fallback_timeout: Duration::from_secs(300),
+        keep_active_on_uninstall: true,
     }
 }
 

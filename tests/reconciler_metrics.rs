@@ -55,6 +55,7 @@ async fn series_that_stay_true_never_vanish_during_a_pass() {
         grace: Duration::from_secs(60),
         namespaces: Vec::new(),
         fallback_timeout: Duration::from_secs(300),
+        keep_active_on_uninstall: true,
     };
     let mut r = Reconciler::new(settings, store, metrics.clone(), node, None, None);
     // Until every copy is active and every refusal is exported.
@@ -116,6 +117,7 @@ async fn series_that_are_gone_are_removed() {
         grace: Duration::from_secs(60),
         namespaces: Vec::new(),
         fallback_timeout: Duration::from_secs(300),
+        keep_active_on_uninstall: true,
     };
     let mut r = Reconciler::new(settings, store, metrics.clone(), node.clone(), None, None);
     for _ in 0..3 {

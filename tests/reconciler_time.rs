@@ -38,6 +38,7 @@ async fn a_deadline_loaded_at_start_lies_at_most_one_grace_period_ahead() {
         grace: GRACE,
         namespaces: Vec::new(),
         fallback_timeout: Duration::from_secs(300),
+        keep_active_on_uninstall: true,
     };
     let node = Arc::new(Mutex::new(NodeView {
         running: Observation::Known(BTreeSet::new()),

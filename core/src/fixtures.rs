@@ -192,6 +192,8 @@ pub struct World {
     pub uninstalling: bool,
     /// [`Inputs::replaced`].
     pub replaced: bool,
+    /// [`Inputs::keep_active`].
+    pub keep_active: bool,
 }
 
 impl Default for World {
@@ -222,6 +224,7 @@ impl World {
             deadlines: BTreeMap::new(),
             uninstalling: false,
             replaced: false,
+            keep_active: true,
         }
     }
 
@@ -348,6 +351,7 @@ impl World {
             api_since: self.api_since,
             deadlines: &self.deadlines,
             uninstalling: self.uninstalling,
+            keep_active: self.keep_active,
             replaced: self.replaced,
         }
     }

@@ -82,6 +82,17 @@ pub struct IdentityArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub all_namespaces: bool,
+    /// When the agent leaves the node (its DaemonSet deleted, or its pod gone for good), keep
+    /// the checkpoints whose copy runs: a copy may be all that runs a control-plane pod. Set
+    /// to false to remove them too, once their parents run elsewhere.
+    #[arg(
+        long,
+        env = "KEEP_ACTIVE_ON_UNINSTALL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub keep_active_on_uninstall: bool,
 }
 
 impl IdentityArgs {

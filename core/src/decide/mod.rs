@@ -92,6 +92,10 @@ pub struct Inputs<'a> {
     /// A newer pod of the agent's own DaemonSet is listed on this node (a rolling update): when
     /// the agent is gone from the API, only its own checkpoint goes.
     pub replaced: bool,
+    /// When the agent leaves the node (uninstalled, or its pod gone for good), keep checkpoints
+    /// whose copy runs: the copy may be the only thing running its parent, and removing it could
+    /// take down a control plane. `false` when a person said to remove them too.
+    pub keep_active: bool,
 }
 
 /// One step for the shell to carry out. Actions are listed in the order they must run.
@@ -165,6 +169,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// The earliest pending deadline, so the loop wakes without a blind timer.
     pub wake_at: Option<Timestamp>,
+    /// Checkpoints left in place although the agent leaves the node, because their copy runs
+    /// (see [`Inputs::keep_active`]): the shell reports them.
+    pub kept: Vec<PodKey>,
 }
 
 /// How a checkpoint stands with respect to removal.
@@ -201,6 +208,10 @@ pub fn decide(inp: &Inputs<'_>) -> Decision {
     if self_due {
         let mut others_left = false;
         for key in keys.iter().copied().filter(|k| Some(*k) != inp.me) {
+            if inp.keep_active && inp.disk.get(key).is_some_and(|d| d.active) {
+                out.kept.push(key.clone());
+                continue;
+            }
             others_left |= remove_steps(inp, key, &mut out);
         }
         if let Some(me) = inp

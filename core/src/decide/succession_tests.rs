@@ -153,6 +153,7 @@ impl Tick {
             deadlines: &self.deadlines,
             uninstalling: false,
             replaced: false,
+            keep_active: true,
         })
     }
     fn actions(&self) -> Vec<Action> {

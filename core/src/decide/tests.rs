@@ -177,8 +177,10 @@ fn checkpointer_gone_from_the_api_removes_every_checkpoint_and_itself_last() {
     );
     assert!(!first.actions.iter().any(|a| matches!(a, Action::Remove(_))));
 
-    // Due: others go first, even those whose parents are listed; self waits.
-    let due = base.clone().deadline(&me, t(-1));
+    // Due: others go first, even those whose parents are listed; self waits. (A running copy
+    // would be kept by default: see `leaving_the_node_keeps_checkpoints_whose_copy_runs`.)
+    let mut due = base.clone().deadline(&me, t(-1));
+    due.keep_active = false;
     assert_eq!(
         due.actions(),
         vec![
@@ -232,6 +234,62 @@ fn uninstalled_agent_removes_everything_at_once_without_waiting_for_grace() {
         vec![remove(&me), deactivate(&me, DeactivateReason::Removal)],
         "then itself, even with the API gone"
     );
+}
+
+/// Issue 12.9: on uninstall (or when the agent's own pod is gone for good), a checkpoint whose
+/// copy runs may be the only thing running its parent (a kube-apiserver standing in for a dead
+/// one): it stays, and is reported as kept; the inactive ones go, then the agent's own.
+#[test]
+fn leaving_the_node_keeps_checkpoints_whose_copy_runs() {
+    let me = key("pod-checkpointer");
+    let (a, b) = (key("apiserver"), key("scheduler"));
+    let leaving = |uninstalling: bool, b_left: bool| {
+        let mut w = World::new()
+            .me(&me)
+            .api_up()
+            .inactive(&me)
+            .active(&me)
+            .inactive(&a)
+            .active(&a)
+            .running(&a.static_pod_key(NODE));
+        if b_left {
+            w = w.inactive(&b);
+        }
+        if uninstalling {
+            w = w.listed(&me, true);
+            w.uninstalling = true;
+        } else {
+            w = w.deadline(&me, t(-1));
+        }
+        w
+    };
+    for uninstalling in [true, false] {
+        let first = leaving(uninstalling, true).decide();
+        assert_eq!(
+            first.actions,
+            vec![remove(&b)],
+            "uninstalling: {uninstalling}"
+        );
+        assert_eq!(first.kept, vec![a.clone()], "uninstalling: {uninstalling}");
+        // Then itself: the kept copy does not hold the agent's own removal back.
+        let then = leaving(uninstalling, false).decide();
+        assert_eq!(
+            then.actions,
+            vec![remove(&me), deactivate(&me, DeactivateReason::Removal)],
+            "uninstalling: {uninstalling}"
+        );
+        assert_eq!(then.kept, vec![a.clone()], "uninstalling: {uninstalling}");
+    }
+    // A person said so: everything goes, the running copy first.
+    let mut w = leaving(true, true);
+    w.keep_active = false;
+    let decision = w.decide();
+    assert_eq!(
+        decision.actions,
+        vec![deactivate(&a, DeactivateReason::Removal), remove(&b)],
+        "the agent's own waits until the copy of a is gone"
+    );
+    assert!(decision.kept.is_empty());
 }
 
 #[test]
