@@ -19,6 +19,10 @@ use crate::model::{Layout, Owner, PodKey};
 /// Side files may carry permission bits only; never setuid/setgid/sticky.
 const SIDE_FILE_MODE_MASK: u32 = 0o777;
 
+/// Side directories may also be setgid and sticky, as the kubelet's volume directories are
+/// (SPEC §2); never setuid.
+const SIDE_DIR_MODE_MASK: u32 = 0o3777;
+
 /// Metadata of one entry under a checkpoint's secret or configmap directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SideFileInfo {
@@ -52,6 +56,7 @@ pub enum SideKind {
 /// What one path under a pod's side trees should be.
 enum Want<'a> {
     Dir {
+        mode: u32,
         owner: Owner,
     },
     File {
@@ -65,7 +70,11 @@ enum Want<'a> {
 impl std::fmt::Debug for Want<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Want::Dir { owner } => f.debug_struct("Dir").field("owner", owner).finish(),
+            Want::Dir { mode, owner } => f
+                .debug_struct("Dir")
+                .field("mode", &format_args!("{mode:o}"))
+                .field("owner", owner)
+                .finish(),
             Want::File { data, mode, owner } => f
                 .debug_struct("File")
                 .field("bytes", &data.len())
@@ -79,13 +88,14 @@ impl std::fmt::Debug for Want<'_> {
 impl Want<'_> {
     fn owner(&self) -> Owner {
         match self {
-            Want::Dir { owner } | Want::File { owner, .. } => *owner,
+            Want::Dir { owner, .. } | Want::File { owner, .. } => *owner,
         }
     }
 }
 
 /// The validated, complete picture of a pod's side trees: every listed entry plus the parent
-/// directories it implies (0700, owned like their first descendant), keyed by absolute path.
+/// directories it implies (0700, owned like their first descendant: callers list every directory
+/// a container must see), keyed by absolute path.
 /// Path order puts every directory before what it contains.
 pub(super) struct SidePlan<'a> {
     secret: (PathBuf, PathBuf),
@@ -113,7 +123,10 @@ impl<'a> SidePlan<'a> {
             plan.pod_dir_of(&file.path)
                 .map_err(|reason| bad(&file.path, reason))?;
             let want = match &file.entry {
-                SideEntry::Dir => Want::Dir { owner: file.owner },
+                SideEntry::Dir { mode } => Want::Dir {
+                    mode: mode & SIDE_DIR_MODE_MASK,
+                    owner: file.owner,
+                },
                 SideEntry::File { data, mode } => Want::File {
                     data,
                     mode: mode & SIDE_FILE_MODE_MASK,
@@ -144,7 +157,11 @@ impl<'a> SidePlan<'a> {
                     }
                     Some(Want::Dir { .. }) => {}
                     None => {
-                        plan.entries.insert(parent.to_owned(), Want::Dir { owner });
+                        let implied = Want::Dir {
+                            mode: PRIVATE_DIR_MODE,
+                            owner,
+                        };
+                        plan.entries.insert(parent.to_owned(), implied);
                     }
                 }
             }
@@ -202,16 +219,18 @@ impl Store {
             ensure_base_dir(root, PRIVATE_DIR_MODE, false).doing("creating side root", root)?;
             let ns_dir = root.join(&key.namespace);
             changed += usize::from(
-                ensure_own_dir(&ns_dir, ROOT).doing("creating namespace directory", &ns_dir)?,
+                ensure_own_dir(&ns_dir, PRIVATE_DIR_MODE, ROOT)
+                    .doing("creating namespace directory", &ns_dir)?,
             );
             changed += usize::from(
-                ensure_own_dir(pod_dir, ROOT).doing("creating pod directory", pod_dir)?,
+                ensure_own_dir(pod_dir, PRIVATE_DIR_MODE, ROOT)
+                    .doing("creating pod directory", pod_dir)?,
             );
         }
         for (path, want) in &plan.entries {
             let did = match want {
-                Want::Dir { owner } => {
-                    ensure_own_dir(path, *owner).doing("creating side directory", path)?
+                Want::Dir { mode, owner } => {
+                    ensure_own_dir(path, *mode, *owner).doing("creating side directory", path)?
                 }
                 Want::File { data, mode, owner } => {
                     clear_directory_at(path).doing("replacing directory with file", path)?;
