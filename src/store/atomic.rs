@@ -112,13 +112,13 @@ impl Store {
     }
 
     #[cfg(test)]
-    fn fault(&self, step: Step) -> io::Result<()> {
+    pub(super) fn fault(&self, step: Step) -> io::Result<()> {
         self.faults.hit(step)
     }
 
     #[cfg(not(test))]
     #[inline(always)]
-    fn fault(&self, _step: Step) -> io::Result<()> {
+    pub(super) fn fault(&self, _step: Step) -> io::Result<()> {
         Ok(())
     }
 

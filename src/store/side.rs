@@ -2,7 +2,8 @@
 //! what the sanitizer asks for into a plan, applying it, pruning what it no longer lists, and
 //! removing a pod's trees. Nothing outside a pod's own two directories is ever written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +14,7 @@ use serde::{Serialize, Serializer};
 
 use super::atomic::{FileSpec, ensure_base_dir, ensure_own_dir, sync_dir};
 use super::error::{IoContext, StoreError};
+use super::scan::check_key;
 use super::{PRIVATE_DIR_MODE, ROOT, SideEntry, SideFile, Store, TMP_PREFIX};
 use crate::model::{Layout, Owner, PodKey};
 
@@ -248,22 +250,84 @@ impl Store {
         Ok(changed)
     }
 
-    /// Deletes what the plan does not list under the pod's two directories.
+    /// Deletes what the plan does not list under the pod's two directories, except what lies in
+    /// a `mounted` directory (a running copy's).
     pub(super) fn prune_side_trees(
         &self,
         key: &PodKey,
         plan: &SidePlan<'_>,
+        mounted: &[PathBuf],
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
         for (root, pod_dir) in plan.roots() {
-            if plan.uses(pod_dir) {
-                removed += prune_tree(pod_dir, plan)?;
+            if plan.uses(pod_dir) || mounted.iter().any(|m| m.starts_with(pod_dir)) {
+                removed += prune_tree(pod_dir, plan, mounted)?;
             } else if remove_pod_tree(root, key)? {
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+impl Store {
+    /// Removes every `<root>/<ns>/<pod>` tree (plain names, real directories) whose pod has no
+    /// checkpoint in either manifest directory: what a removal interrupted between its manifest
+    /// and its trees left. A pod whose manifest is there but unreadable keeps its trees. Returns
+    /// how many trees were removed.
+    pub(super) fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let view = self.scan()?;
+        let unreadable: BTreeSet<&OsStr> = (view.unreadable.iter())
+            .filter_map(|(path, _)| path.file_name())
+            .collect();
+        let mut swept = 0;
+        for root in [&self.layout.secret_dir, &self.layout.configmap_dir] {
+            for ns in plain_dirs(root)? {
+                for name in plain_dirs(&root.join(&ns))? {
+                    let key = PodKey::new(ns.clone(), name);
+                    if check_key(&key).is_err()
+                        || view.checkpoints.contains_key(&key)
+                        || unreadable.contains(OsStr::new(&key.manifest_file_name()))
+                    {
+                        continue;
+                    }
+                    if remove_pod_tree(root, &key)? {
+                        swept += 1;
+                        tracing::warn!(
+                            namespace = %key.namespace,
+                            pod = %key.name,
+                            action = "sweep",
+                            path = %root.join(&key.namespace).join(&key.name).display(),
+                            "removed side files that no checkpoint refers to (left by an interrupted removal)"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(swept)
+    }
+}
+
+/// Names of the real (not symlinked) directories in `dir` that are valid UTF-8; none when `dir`
+/// is missing.
+fn plain_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).doing("listing side files in", dir),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.doing("listing side files in", dir)?;
+        let is_dir = (entry.file_type())
+            .doing("inspecting", &entry.path())?
+            .is_dir();
+        if let (true, Ok(name)) = (is_dir, entry.file_name().into_string()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// `<root>/<ns>/<pod>` when it exists as a real directory reached without symlinks; the
@@ -321,8 +385,9 @@ pub(super) fn remove_pod_tree(root: &Path, key: &PodKey) -> Result<bool, StoreEr
     Ok(removed)
 }
 
-/// Deletes everything under `dir` that the plan does not list; returns how many were removed.
-fn prune_tree(dir: &Path, plan: &SidePlan<'_>) -> Result<usize, StoreError> {
+/// Deletes everything under `dir` that the plan does not list, keeping whatever lies in a
+/// `mounted` directory; returns how many were removed.
+fn prune_tree(dir: &Path, plan: &SidePlan<'_>, mounted: &[PathBuf]) -> Result<usize, StoreError> {
     let mut removed_here = 0;
     let mut removed_below = 0;
     for entry in fs::read_dir(dir).doing("listing side files in", dir)? {
@@ -330,9 +395,16 @@ fn prune_tree(dir: &Path, plan: &SidePlan<'_>) -> Result<usize, StoreError> {
         let path = entry.path();
         let meta = entry.metadata().doing("inspecting", &path)?;
         let file_type = meta.file_type();
+        if mounted.iter().any(|m| path.starts_with(m)) {
+            continue;
+        }
+        let holds_mounted = mounted.iter().any(|m| m.starts_with(&path));
         match plan.entries.get(&path) {
             Some(Want::Dir { .. }) if file_type.is_dir() => {
-                removed_below += prune_tree(&path, plan)?;
+                removed_below += prune_tree(&path, plan, mounted)?;
+            }
+            _ if holds_mounted && file_type.is_dir() => {
+                removed_below += prune_tree(&path, plan, mounted)?;
             }
             Some(Want::File { .. }) if file_type.is_file() => {}
             _ => {

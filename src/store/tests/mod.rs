@@ -5,6 +5,7 @@ mod atomic;
 mod scan;
 mod side;
 mod state;
+mod sweep;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
