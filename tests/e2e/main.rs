@@ -6,6 +6,7 @@
 mod chart;
 mod harness;
 mod selfhosted;
+mod volumes;
 
 use std::time::Duration;
 
