@@ -503,7 +503,7 @@ fn main() {
         .iter()
         .map(|f| match &f.entry {
             SideEntry::File { data, .. } => data.len(),
-            SideEntry::Dir => 0,
+            SideEntry::Dir { .. } => 0,
         })
         .sum();
     let side_files = cp

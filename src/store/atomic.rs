@@ -112,13 +112,13 @@ impl Store {
     }
 
     #[cfg(test)]
-    fn fault(&self, step: Step) -> io::Result<()> {
+    pub(super) fn fault(&self, step: Step) -> io::Result<()> {
         self.faults.hit(step)
     }
 
     #[cfg(not(test))]
     #[inline(always)]
-    fn fault(&self, _step: Step) -> io::Result<()> {
+    pub(super) fn fault(&self, _step: Step) -> io::Result<()> {
         Ok(())
     }
 
@@ -177,9 +177,10 @@ fn set_owner_mode(file: &File, mode: u32, owner: Owner) -> io::Result<()> {
     file.set_permissions(Permissions::from_mode(mode))
 }
 
-/// Makes `path` a real 0700 directory owned by `owner` (when root), replacing a non-directory
-/// found there. Only for paths inside the agent's own trees. Returns whether anything changed.
-pub(super) fn ensure_own_dir(path: &Path, owner: Owner) -> io::Result<bool> {
+/// Makes `path` a real directory with `mode` owned by `owner` (when root), replacing a
+/// non-directory found there. Only for paths inside the agent's own trees. Returns whether
+/// anything changed.
+pub(super) fn ensure_own_dir(path: &Path, mode: u32, owner: Owner) -> io::Result<bool> {
     let mut changed = false;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_dir() => {}
@@ -202,14 +203,29 @@ pub(super) fn ensure_own_dir(path: &Path, owner: Owner) -> io::Result<bool> {
     let meta = dir.metadata()?;
     let owner_ok = enforced_owner(owner)
         .is_none_or(|owner| meta.uid() == owner.uid && meta.gid() == owner.gid);
-    if meta.mode() & 0o7777 != PRIVATE_DIR_MODE || !owner_ok {
-        set_owner_mode(&dir, PRIVATE_DIR_MODE, owner)?;
+    // A new directory inherits setgid from a setgid parent: the comparison catches that too.
+    if meta.mode() & 0o7777 != mode || !owner_ok {
+        set_dir_owner_mode(&dir, mode, owner)?;
         changed = true;
     }
     Ok(changed)
 }
 
-/// mkdir 0700 and make the new entry durable in its parent.
+/// For directories, chmod while the group is still the agent's own, then chown: without
+/// CAP_FSETID (the chart drops it) chmod silently drops setgid on a directory of a group the
+/// process is not in, while chown keeps a directory's setgid (only files lose it).
+fn set_dir_owner_mode(dir: &File, mode: u32, owner: Owner) -> io::Result<()> {
+    let Some(owner) = enforced_owner(owner) else {
+        return dir.set_permissions(Permissions::from_mode(mode));
+    };
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let own_group = unsafe { libc::getegid() };
+    std::os::unix::fs::fchown(dir, Some(owner.uid), Some(own_group))?;
+    dir.set_permissions(Permissions::from_mode(mode))?;
+    std::os::unix::fs::fchown(dir, None, Some(owner.gid))
+}
+
+/// mkdir 0700 (opened up by the caller once owned) and make the new entry durable in its parent.
 fn create_dir(path: &Path) -> io::Result<()> {
     DirBuilder::new().mode(PRIVATE_DIR_MODE).create(path)?;
     match path.parent() {

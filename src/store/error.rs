@@ -122,6 +122,9 @@ pub(crate) enum Step {
     SyncFile,
     Rename,
     SyncDir,
+    /// Not part of a write: the point in [`Store::remove`](super::Store::remove) between deleting
+    /// the manifest and deleting its side trees, where a crash leaves orphans.
+    RemoveSideTrees,
 }
 
 impl Step {
@@ -144,6 +147,7 @@ impl Step {
             Step::SyncFile => "syncing temporary file",
             Step::Rename => "renaming temporary file into place",
             Step::SyncDir => "syncing directory",
+            Step::RemoveSideTrees => "removing side trees",
         }
     }
 }

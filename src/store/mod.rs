@@ -37,8 +37,8 @@ use crate::model::{Layout, Owner, PodKey};
 use atomic::{FileSpec, ensure_base_dir, remove_temporaries};
 use error::IoContext;
 use scan::{
-    Identity, check_key, check_manifest_bytes, check_ours, identify, place_checkpoint, read_capped,
-    read_manifest_dir, remove_checkpoints_of,
+    Identity, check_key, check_manifest_bytes, check_ours, host_paths, identify, place_checkpoint,
+    read_capped, read_manifest_dir, remove_checkpoints_of,
 };
 use side::{SidePlan, list_tree, real_pod_dir, remove_pod_tree};
 
@@ -141,8 +141,10 @@ impl Store {
 
     /// Gets the disk ready at start: creates the directories (0700 for the inactive, secret,
     /// configmap and state directories; the kubelet's manifest directory is created 0755 if
-    /// missing but its mode is never changed) and removes leftover temporaries (names starting
-    /// with [`TMP_PREFIX`]) that a crash mid-write left behind. Returns how many it removed.
+    /// missing but its mode is never changed), removes leftover temporaries (names starting
+    /// with [`TMP_PREFIX`]) that a crash mid-write left behind, and sweeps side trees no
+    /// checkpoint refers to (a crash in [`Store::remove`] between the manifest and its trees).
+    /// Returns how many temporaries it removed.
     pub fn prepare(&self) -> Result<usize, StoreError> {
         let l = &self.layout;
         ensure_base_dir(&l.manifest_dir, PUBLIC_DIR_MODE, false)
@@ -168,6 +170,7 @@ impl Store {
         ] {
             removed += remove_temporaries(dir, recursive)?;
         }
+        self.sweep_orphans()?;
         Ok(removed)
     }
 
@@ -205,6 +208,9 @@ impl Store {
     /// the manifest must be a checkpoint of `key`, an existing file at the target must be one
     /// too (collision or foreign file otherwise), and every side path must lie strictly under
     /// the pod's two directories.
+    ///
+    /// While the checkpoint is active, the directories its running copy mounts (read from the
+    /// active manifest) are not pruned: the copy is never refreshed and must keep its files.
     pub fn write_inactive(
         &self,
         key: &PodKey,
@@ -225,7 +231,8 @@ impl Store {
         let manifest_changed = self
             .put_file(&FileSpec::manifest(&target, manifest))
             .doing("writing inactive manifest", &target)?;
-        files_changed += self.prune_side_trees(key, &plan)?;
+        let mounted = self.mounted_by_active(key);
+        files_changed += self.prune_side_trees(key, &plan, &mounted)?;
         Ok(WriteOutcome {
             manifest_changed,
             files_changed,
@@ -271,7 +278,8 @@ impl Store {
     /// the runtime): the inactive manifest(s) of `key`, then the pod's secret and configmap
     /// trees, then `<ns>` directories left empty. Does not touch the active copy. Only files that
     /// are checkpoints of `key`, or lie under the pod's own directories, are removed. Nothing to
-    /// remove is fine.
+    /// remove is fine. Then sweeps the trees of other pods that have no checkpoint left (an
+    /// earlier removal that failed or crashed after its manifest went): nothing else would.
     pub fn remove(&self, key: &PodKey) -> Result<(), StoreError> {
         check_key(key)?;
         remove_checkpoints_of(
@@ -279,9 +287,38 @@ impl Store {
             key,
             "removing inactive manifest",
         )?;
+        self.fault(error::Step::RemoveSideTrees)
+            .doing("removing side files", &self.layout.pod_secret_dir(key))?;
         remove_pod_tree(&self.layout.secret_dir, key)?;
         remove_pod_tree(&self.layout.configmap_dir, key)?;
+        if let Err(e) = self.sweep_orphans() {
+            tracing::warn!(action = "sweep", error = %e, "could not sweep side trees left without a checkpoint; the next start tries again");
+        }
         Ok(())
+    }
+
+    /// The directories the active copy of `key` mounts, which pruning must leave alone: none when
+    /// the checkpoint is not active, both of the pod's directories when the active manifest
+    /// cannot be read (unknown is not "mounts nothing").
+    fn mounted_by_active(&self, key: &PodKey) -> Vec<PathBuf> {
+        let everything = || {
+            vec![
+                self.layout.pod_secret_dir(key),
+                self.layout.pod_configmap_dir(key),
+            ]
+        };
+        match read_capped(&self.active_path(key)) {
+            Ok(bytes) => match identify(&bytes) {
+                Identity::Checkpoint(found) if found == *key => {
+                    host_paths(&bytes, key).unwrap_or_else(everything)
+                }
+                // Another pod's file under that name: not this checkpoint's copy.
+                Identity::Checkpoint(_) | Identity::NotCheckpoint => Vec::new(),
+                Identity::Unparsable(_) => everything(),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(_) => everything(),
+        }
     }
 
     /// Lists every checkpoint with its manifests and side files (paths, kinds, modes, owners;

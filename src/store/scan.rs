@@ -56,6 +56,23 @@ pub(super) fn identify(bytes: &[u8]) -> Identity {
     Identity::Checkpoint(PodKey::new(namespace, parent.clone()))
 }
 
+/// The host directories a checkpoint manifest of `key` mounts (its `hostPath` volumes); `None`
+/// when the bytes are not a readable checkpoint of `key`, so the caller cannot know.
+pub(super) fn host_paths(bytes: &[u8], key: &PodKey) -> Option<Vec<PathBuf>> {
+    match identify(bytes) {
+        Identity::Checkpoint(found) if found == *key => {}
+        _ => return None,
+    }
+    let pod: Pod = serde_json::from_slice(bytes).ok()?;
+    let volumes = pod.spec.and_then(|spec| spec.volumes).unwrap_or_default();
+    Some(
+        volumes
+            .into_iter()
+            .filter_map(|v| v.host_path.map(|h| PathBuf::from(h.path)))
+            .collect(),
+    )
+}
+
 /// Keys become file and directory names, so they must be plain DNS-1123 names: no '/', no
 /// leading dot (that would look like a temporary), no "..".
 pub(super) fn check_key(key: &PodKey) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //! what the sanitizer asks for into a plan, applying it, pruning what it no longer lists, and
 //! removing a pod's trees. Nothing outside a pod's own two directories is ever written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -13,11 +14,16 @@ use serde::{Serialize, Serializer};
 
 use super::atomic::{FileSpec, ensure_base_dir, ensure_own_dir, sync_dir};
 use super::error::{IoContext, StoreError};
+use super::scan::check_key;
 use super::{PRIVATE_DIR_MODE, ROOT, SideEntry, SideFile, Store, TMP_PREFIX};
 use crate::model::{Layout, Owner, PodKey};
 
 /// Side files may carry permission bits only; never setuid/setgid/sticky.
 const SIDE_FILE_MODE_MASK: u32 = 0o777;
+
+/// Side directories may also be setgid and sticky, as the kubelet's volume directories are
+/// (SPEC §2); never setuid.
+const SIDE_DIR_MODE_MASK: u32 = 0o3777;
 
 /// Metadata of one entry under a checkpoint's secret or configmap directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -52,6 +58,7 @@ pub enum SideKind {
 /// What one path under a pod's side trees should be.
 enum Want<'a> {
     Dir {
+        mode: u32,
         owner: Owner,
     },
     File {
@@ -65,7 +72,11 @@ enum Want<'a> {
 impl std::fmt::Debug for Want<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Want::Dir { owner } => f.debug_struct("Dir").field("owner", owner).finish(),
+            Want::Dir { mode, owner } => f
+                .debug_struct("Dir")
+                .field("mode", &format_args!("{mode:o}"))
+                .field("owner", owner)
+                .finish(),
             Want::File { data, mode, owner } => f
                 .debug_struct("File")
                 .field("bytes", &data.len())
@@ -79,13 +90,14 @@ impl std::fmt::Debug for Want<'_> {
 impl Want<'_> {
     fn owner(&self) -> Owner {
         match self {
-            Want::Dir { owner } | Want::File { owner, .. } => *owner,
+            Want::Dir { owner, .. } | Want::File { owner, .. } => *owner,
         }
     }
 }
 
 /// The validated, complete picture of a pod's side trees: every listed entry plus the parent
-/// directories it implies (0700, owned like their first descendant), keyed by absolute path.
+/// directories it implies (0700, owned like their first descendant: callers list every directory
+/// a container must see), keyed by absolute path.
 /// Path order puts every directory before what it contains.
 pub(super) struct SidePlan<'a> {
     secret: (PathBuf, PathBuf),
@@ -113,7 +125,10 @@ impl<'a> SidePlan<'a> {
             plan.pod_dir_of(&file.path)
                 .map_err(|reason| bad(&file.path, reason))?;
             let want = match &file.entry {
-                SideEntry::Dir => Want::Dir { owner: file.owner },
+                SideEntry::Dir { mode } => Want::Dir {
+                    mode: mode & SIDE_DIR_MODE_MASK,
+                    owner: file.owner,
+                },
                 SideEntry::File { data, mode } => Want::File {
                     data,
                     mode: mode & SIDE_FILE_MODE_MASK,
@@ -144,7 +159,11 @@ impl<'a> SidePlan<'a> {
                     }
                     Some(Want::Dir { .. }) => {}
                     None => {
-                        plan.entries.insert(parent.to_owned(), Want::Dir { owner });
+                        let implied = Want::Dir {
+                            mode: PRIVATE_DIR_MODE,
+                            owner,
+                        };
+                        plan.entries.insert(parent.to_owned(), implied);
                     }
                 }
             }
@@ -202,16 +221,18 @@ impl Store {
             ensure_base_dir(root, PRIVATE_DIR_MODE, false).doing("creating side root", root)?;
             let ns_dir = root.join(&key.namespace);
             changed += usize::from(
-                ensure_own_dir(&ns_dir, ROOT).doing("creating namespace directory", &ns_dir)?,
+                ensure_own_dir(&ns_dir, PRIVATE_DIR_MODE, ROOT)
+                    .doing("creating namespace directory", &ns_dir)?,
             );
             changed += usize::from(
-                ensure_own_dir(pod_dir, ROOT).doing("creating pod directory", pod_dir)?,
+                ensure_own_dir(pod_dir, PRIVATE_DIR_MODE, ROOT)
+                    .doing("creating pod directory", pod_dir)?,
             );
         }
         for (path, want) in &plan.entries {
             let did = match want {
-                Want::Dir { owner } => {
-                    ensure_own_dir(path, *owner).doing("creating side directory", path)?
+                Want::Dir { mode, owner } => {
+                    ensure_own_dir(path, *mode, *owner).doing("creating side directory", path)?
                 }
                 Want::File { data, mode, owner } => {
                     clear_directory_at(path).doing("replacing directory with file", path)?;
@@ -229,22 +250,84 @@ impl Store {
         Ok(changed)
     }
 
-    /// Deletes what the plan does not list under the pod's two directories.
+    /// Deletes what the plan does not list under the pod's two directories, except what lies in
+    /// a `mounted` directory (a running copy's).
     pub(super) fn prune_side_trees(
         &self,
         key: &PodKey,
         plan: &SidePlan<'_>,
+        mounted: &[PathBuf],
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
         for (root, pod_dir) in plan.roots() {
-            if plan.uses(pod_dir) {
-                removed += prune_tree(pod_dir, plan)?;
+            if plan.uses(pod_dir) || mounted.iter().any(|m| m.starts_with(pod_dir)) {
+                removed += prune_tree(pod_dir, plan, mounted)?;
             } else if remove_pod_tree(root, key)? {
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+impl Store {
+    /// Removes every `<root>/<ns>/<pod>` tree (plain names, real directories) whose pod has no
+    /// checkpoint in either manifest directory: what a removal interrupted between its manifest
+    /// and its trees left. A pod whose manifest is there but unreadable keeps its trees. Returns
+    /// how many trees were removed.
+    pub(super) fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let view = self.scan()?;
+        let unreadable: BTreeSet<&OsStr> = (view.unreadable.iter())
+            .filter_map(|(path, _)| path.file_name())
+            .collect();
+        let mut swept = 0;
+        for root in [&self.layout.secret_dir, &self.layout.configmap_dir] {
+            for ns in plain_dirs(root)? {
+                for name in plain_dirs(&root.join(&ns))? {
+                    let key = PodKey::new(ns.clone(), name);
+                    if check_key(&key).is_err()
+                        || view.checkpoints.contains_key(&key)
+                        || unreadable.contains(OsStr::new(&key.manifest_file_name()))
+                    {
+                        continue;
+                    }
+                    if remove_pod_tree(root, &key)? {
+                        swept += 1;
+                        tracing::warn!(
+                            namespace = %key.namespace,
+                            pod = %key.name,
+                            action = "sweep",
+                            path = %root.join(&key.namespace).join(&key.name).display(),
+                            "removed side files that no checkpoint refers to (left by an interrupted removal)"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(swept)
+    }
+}
+
+/// Names of the real (not symlinked) directories in `dir` that are valid UTF-8; none when `dir`
+/// is missing.
+fn plain_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).doing("listing side files in", dir),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.doing("listing side files in", dir)?;
+        let is_dir = (entry.file_type())
+            .doing("inspecting", &entry.path())?
+            .is_dir();
+        if let (true, Ok(name)) = (is_dir, entry.file_name().into_string()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// `<root>/<ns>/<pod>` when it exists as a real directory reached without symlinks; the
@@ -302,8 +385,9 @@ pub(super) fn remove_pod_tree(root: &Path, key: &PodKey) -> Result<bool, StoreEr
     Ok(removed)
 }
 
-/// Deletes everything under `dir` that the plan does not list; returns how many were removed.
-fn prune_tree(dir: &Path, plan: &SidePlan<'_>) -> Result<usize, StoreError> {
+/// Deletes everything under `dir` that the plan does not list, keeping whatever lies in a
+/// `mounted` directory; returns how many were removed.
+fn prune_tree(dir: &Path, plan: &SidePlan<'_>, mounted: &[PathBuf]) -> Result<usize, StoreError> {
     let mut removed_here = 0;
     let mut removed_below = 0;
     for entry in fs::read_dir(dir).doing("listing side files in", dir)? {
@@ -311,9 +395,16 @@ fn prune_tree(dir: &Path, plan: &SidePlan<'_>) -> Result<usize, StoreError> {
         let path = entry.path();
         let meta = entry.metadata().doing("inspecting", &path)?;
         let file_type = meta.file_type();
+        if mounted.iter().any(|m| path.starts_with(m)) {
+            continue;
+        }
+        let holds_mounted = mounted.iter().any(|m| m.starts_with(&path));
         match plan.entries.get(&path) {
             Some(Want::Dir { .. }) if file_type.is_dir() => {
-                removed_below += prune_tree(&path, plan)?;
+                removed_below += prune_tree(&path, plan, mounted)?;
+            }
+            _ if holds_mounted && file_type.is_dir() => {
+                removed_below += prune_tree(&path, plan, mounted)?;
             }
             Some(Want::File { .. }) if file_type.is_file() => {}
             _ => {

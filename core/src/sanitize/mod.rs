@@ -34,7 +34,7 @@ use crate::model::{
 };
 
 pub use references::{References, TokenSpec, references};
-use volumes::{Tree, host_path_volume};
+use volumes::{Access, Tree, host_path_volume};
 
 /// The kubelet's file mode when a volume sets none.
 const DEFAULT_MODE: u32 = 0o644;
@@ -74,8 +74,11 @@ impl fmt::Debug for Objects {
 /// `Debug` shows a file's size and mode, never its content.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SideEntry {
-    /// A directory (0700 on disk, SPEC §2).
-    Dir,
+    /// A directory with these permission bits (the kubelet's, setgid and sticky included: SPEC §2).
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
     /// A file with its content and permission bits (`mode`/`defaultMode`, else 0644).
     File {
         /// The bytes the kubelet would have projected.
@@ -88,7 +91,7 @@ pub enum SideEntry {
 impl fmt::Debug for SideEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SideEntry::Dir => f.write_str("Dir"),
+            SideEntry::Dir { mode } => f.debug_struct("Dir").field("mode", &Mode(*mode)).finish(),
             SideEntry::File { data, mode } => f
                 .debug_struct("File")
                 .field("data", &Redacted(data))
@@ -106,7 +109,8 @@ pub struct SideFile {
     pub path: PathBuf,
     /// What to create there.
     pub entry: SideEntry,
-    /// The pod's runAsUser and fsGroup (else runAsGroup), so its containers can read the file.
+    /// Who owns it: the kubelet's choice for the same volume (root, the pod's `fsGroup` as group,
+    /// a token's user), so that exactly the containers that could read it in the parent can.
     pub owner: Owner,
 }
 
@@ -199,7 +203,10 @@ impl Checkpoint {
             file.path.hash(&mut hasher);
             file.owner.hash(&mut hasher);
             match &file.entry {
-                SideEntry::Dir => 0u8.hash(&mut hasher),
+                SideEntry::Dir { mode } => {
+                    0u8.hash(&mut hasher);
+                    mode.hash(&mut hasher);
+                }
                 SideEntry::File { data, mode } => {
                     1u8.hash(&mut hasher);
                     mode.hash(&mut hasher);
@@ -356,7 +363,7 @@ pub fn sanitize(parent: &Pod, objects: &Objects, layout: &Layout) -> Result<Chec
         layout,
         key: &key,
     };
-    let mut tree = Tree::new(owner_of(parent_spec));
+    let mut tree = Tree::new(Access::of(parent_spec));
     let mut warnings = Vec::new();
     let mut spec = parent_spec.clone();
 
@@ -451,19 +458,6 @@ fn pod_key(pod: &Pod) -> Result<PodKey, Refusal> {
     check_name("namespace", namespace)?;
     check_name("pod name", name)?;
     Ok(PodKey::new(namespace, name))
-}
-
-/// Side files belong to the uid the pod runs as and to its fsGroup (else runAsGroup), so that
-/// non-root containers can read them. Values outside u32 are treated as unset.
-fn owner_of(spec: &PodSpec) -> Owner {
-    let context = spec.security_context.as_ref();
-    let id = |value: Option<i64>| value.and_then(|v| u32::try_from(v).ok());
-    Owner {
-        uid: id(context.and_then(|c| c.run_as_user)).unwrap_or(0),
-        gid: id(context.and_then(|c| c.fs_group))
-            .or_else(|| id(context.and_then(|c| c.run_as_group)))
-            .unwrap_or(0),
-    }
 }
 
 /// Accepts only names that are safe as one path component: `[a-z0-9.-]{1,253}`, not `.`/`..`,

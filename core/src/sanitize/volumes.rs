@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{HostPathVolumeSource, KeyToPath, Volume, VolumeProjection};
+use k8s_openapi::api::core::v1::{
+    Container, HostPathVolumeSource, KeyToPath, PodSpec, Volume, VolumeProjection,
+};
 
 use super::{
-    Ctx, DEFAULT_MODE, Kind, Refusal, SideEntry, SideFile, TokenSpec, Warning, check_name, mode_or,
-    safe_relative,
+    Ctx, DEFAULT_MODE, Kind, Refusal, SideEntry, SideFile, TokenSpec, Warning, check_name,
+    containers, mode_or, safe_relative,
 };
 use crate::model::Owner;
 
@@ -35,43 +37,151 @@ fn own_dir(pod_dir: PathBuf, volume: &str) -> Result<PathBuf, Refusal> {
     Ok(pod_dir.join(format!("{VOLUME_DIR_PREFIX}{volume}")))
 }
 
+/// What backs a volume in the kubelet, which decides the mode of the volume's own directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Medium {
+    /// `secret` and `projected`: a tmpfs mounted without a `mode=` option, whose root is 1777.
+    Tmpfs,
+    /// `configMap`: a plain directory the kubelet chmods to 0777.
+    Disk,
+}
+
+/// The owners and modes the kubelet (v1.34.4) gives the files of a secret, configMap or projected
+/// volume, so a copy's containers can read exactly what its parent's could (SPEC §2). What the
+/// kubelet does, in `k8s.io/kubernetes@v1.34.4/pkg`:
+/// - the volume's own directory is an emptyDir: a tmpfs for secrets and projected volumes
+///   (`volume/secret/secret.go:54`, `volume/projected/projected.go:63`) mounted with no mode
+///   option (`volume/emptydir/empty_dir.go:579`), so 1777 root:root; a plain directory for
+///   configMaps, chmodded to 0777 (`volume/configmap/configmap.go:172`, `empty_dir.go:50,454`);
+/// - files get the item's `mode`, else `defaultMode`, else 0644, exactly (chmod after write,
+///   `volume/util/atomic_writer.go:431-442`), owned by root; directories of nested paths are
+///   `MkdirAll(0777)` under the kubelet's umask 0022, so 0755 (`atomic_writer.go:426`);
+/// - with the pod's `fsGroup` (pod level only, `volume/util/operationexecutor/
+///   operation_generator.go:501-510`), everything in the volume gets it as group and, the volumes
+///   being read-only (`secret.go:166`, `configmap.go:160`, `projected.go:175`), mode | 0440, plus
+///   setgid and 0110 on directories (`volume/volume_linux.go:149-182`);
+/// - a projected `serviceAccountToken` file is owned by `FsUser`, the one effective `runAsUser`
+///   (the container's, else the pod's: `securitycontext/util.go:127`) shared by every container,
+///   init and ephemeral ones included, none when one has no user or two differ
+///   (`volume/util/util.go:541-557`); with an `FsUser` or an `fsGroup` it is 0600 instead of
+///   `defaultMode` (0640 once the group bits are added: `projected.go:323-353`). Secret,
+///   configMap and downward-API files of the same volume stay root's.
+///
+/// `runAsGroup` and `supplementalGroups` play no part.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Access {
+    fs_group: Option<u32>,
+    fs_user: Option<u32>,
+}
+
+/// The kubelet's umask-narrowed `MkdirAll(0777)` for nested paths.
+const NESTED_DIR_MODE: u32 = 0o755;
+
+impl Access {
+    /// Reads `fsGroup` and the containers' users off the parent. Ids outside u32 count as unset.
+    pub(super) fn of(spec: &PodSpec) -> Self {
+        let id = |value: Option<i64>| value.and_then(|v| u32::try_from(v).ok());
+        let pod = spec.security_context.as_ref();
+        let user_of = |c: &Container| {
+            id(c.security_context.as_ref().and_then(|s| s.run_as_user))
+                .or_else(|| id(pod.and_then(|p| p.run_as_user)))
+        };
+        let mut users =
+            containers(spec)
+                .map(user_of)
+                .chain(spec.ephemeral_containers.iter().flatten().map(|e| {
+                    id(e.security_context.as_ref().and_then(|s| s.run_as_user))
+                        .or_else(|| id(pod.and_then(|p| p.run_as_user)))
+                }));
+        let first = users.next().flatten();
+        let fs_user = first.filter(|_| users.all(|u| u == first));
+        Self {
+            fs_group: id(pod.and_then(|p| p.fs_group)),
+            fs_user,
+        }
+    }
+
+    /// The fsGroup's bits added to a mode (`volume_linux.go:166-176`).
+    fn grouped(&self, mode: u32, is_dir: bool) -> u32 {
+        match (self.fs_group, is_dir) {
+            (None, _) => mode,
+            (Some(_), false) => mode | 0o440,
+            (Some(_), true) => mode | 0o440 | 0o110 | 0o2000,
+        }
+    }
+
+    fn owner(&self, uid: u32) -> Owner {
+        Owner {
+            uid,
+            gid: self.fs_group.unwrap_or(0),
+        }
+    }
+}
+
 /// Collects side entries, adding intermediate directories for nested paths.
 pub(super) struct Tree {
-    owner: Owner,
+    access: Access,
     entries: Vec<SideFile>,
 }
 
 impl Tree {
-    pub(super) fn new(owner: Owner) -> Self {
+    pub(super) fn new(access: Access) -> Self {
         Self {
-            owner,
+            access,
             entries: Vec::new(),
         }
     }
 
-    pub(super) fn dir(&mut self, path: PathBuf) {
+    fn dir(&mut self, path: PathBuf, mode: u32) {
         self.entries.push(SideFile {
             path,
-            entry: SideEntry::Dir,
-            owner: self.owner,
+            entry: SideEntry::Dir {
+                mode: self.access.grouped(mode, true),
+            },
+            owner: self.access.owner(0),
         });
+    }
+
+    /// The directory a container mounts: as the kubelet's volume directory for `medium`.
+    fn volume_dir(&mut self, path: PathBuf, medium: Medium) {
+        let mode = match medium {
+            Medium::Tmpfs => 0o1777,
+            Medium::Disk => 0o777,
+        };
+        self.dir(path, mode);
     }
 
     /// `components` come from [`safe_relative`], so the file stays under `dir`.
     pub(super) fn file(&mut self, dir: &Path, components: &[&str], data: Vec<u8>, mode: u32) {
+        self.put(dir, components, data, self.access.grouped(mode, false), 0);
+    }
+
+    /// A projected token: the kubelet's `FsUser` owns it, 0600 when a user or group is set.
+    fn token(&mut self, dir: &Path, components: &[&str], data: Vec<u8>, default_mode: u32) {
+        let access = self.access;
+        let mode = if access.fs_user.is_some() || access.fs_group.is_some() {
+            0o600
+        } else {
+            default_mode
+        };
+        let uid = access.fs_user.unwrap_or(0);
+        self.put(dir, components, data, access.grouped(mode, false), uid);
+    }
+
+    fn put(&mut self, dir: &Path, components: &[&str], data: Vec<u8>, mode: u32, uid: u32) {
         let Some((name, parents)) = components.split_last() else {
             return;
         };
         let mut path = dir.to_path_buf();
         for parent in parents {
             path.push(parent);
-            self.dir(path.clone());
+            self.dir(path.clone(), NESTED_DIR_MODE);
         }
         path.push(name);
         self.entries.push(SideFile {
             path,
             entry: SideEntry::File { data, mode },
-            owner: self.owner,
+            owner: self.access.owner(uid),
         });
     }
 
@@ -198,7 +308,7 @@ impl<'a> Ctx<'a> {
         if let Some(projected) = &volume.projected {
             let default_mode = mode_or(projected.default_mode, DEFAULT_MODE);
             let dir = own_dir(self.layout.pod_secret_dir(self.key), &volume.name)?;
-            tree.dir(dir.clone());
+            tree.volume_dir(dir.clone(), Medium::Tmpfs);
             for source in projected.sources.iter().flatten() {
                 self.project_source(source, &dir, default_mode, &volume.name, tree, warnings)?;
             }
@@ -223,7 +333,11 @@ impl<'a> Ctx<'a> {
         } else {
             own_dir(pod_dir, volume)?
         };
-        tree.dir(dir.clone());
+        let medium = match view.kind {
+            Kind::Secret => Medium::Tmpfs,
+            Kind::ConfigMap => Medium::Disk,
+        };
+        tree.volume_dir(dir.clone(), medium);
         self.write_view(view, &dir, volume, needed_by, tree)?;
         Ok(dir)
     }
@@ -335,7 +449,7 @@ impl<'a> Ctx<'a> {
             let components = safe_relative(&token.path, &needed_by)?;
             match self.objects.tokens.get(&TokenSpec::of(token)) {
                 Some(value) => {
-                    tree.file(dir, &components, value.clone().into_bytes(), default_mode)
+                    tree.token(dir, &components, value.clone().into_bytes(), default_mode)
                 }
                 None => warnings.push(Warning::TokenUnavailable {
                     volume: volume.to_owned(),

@@ -38,6 +38,12 @@ fn prepare_removes_only_our_temporaries() {
     let l = store.layout().clone();
     let nested = l.secret_dir.join("ns/pod/creds");
     fs::create_dir_all(&nested).expect("mkdir");
+    // A checkpoint of ns/pod, so its side tree is no orphan for the sweep.
+    fs::write(
+        l.inactive_manifest_dir.join("ns-pod.json"),
+        manifest(&key("ns", "pod"), "1"),
+    )
+    .expect("write");
     let ours = [
         l.manifest_dir
             .join(format!("{TMP_PREFIX}kube-system-x.json.1.2")),

@@ -5,6 +5,8 @@ mod atomic;
 mod scan;
 mod side;
 mod state;
+mod sweep;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, Permissions};
@@ -80,7 +82,7 @@ fn file(path: PathBuf, data: &str, mode: u32) -> SideFile {
 fn dir(path: PathBuf) -> SideFile {
     SideFile {
         path,
-        entry: SideEntry::Dir,
+        entry: SideEntry::Dir { mode: 0o700 },
         owner: POD_OWNER,
     }
 }

@@ -267,7 +267,7 @@ mod properties {
                     }
                     prop_assert_eq!(fs::read(&f.path).expect("read"), match &f.entry {
                         SideEntry::File { data, .. } => data.clone(),
-                        SideEntry::Dir => unreachable!(),
+                        SideEntry::Dir { .. } => unreachable!(),
                     });
                 }
                 prop_assert_eq!(tree(&pod_dir), expected);

@@ -71,10 +71,25 @@ fn objects(secrets: &[(&str, KeyData)], config_maps: &[(&str, KeyData)]) -> Obje
     }
 }
 
+/// A secret or projected volume's own directory, as the kubelet's tmpfs root (1777).
 fn dir(path: &str) -> SideFile {
+    dir_with_mode(path, 0o1777)
+}
+
+/// A configMap volume's own directory, as the kubelet's plain emptyDir (0777).
+fn cm_dir(path: &str) -> SideFile {
+    dir_with_mode(path, 0o777)
+}
+
+/// A directory of a nested key path, as the kubelet's `MkdirAll` under umask 0022 (0755).
+fn sub_dir(path: &str) -> SideFile {
+    dir_with_mode(path, 0o755)
+}
+
+fn dir_with_mode(path: &str, mode: u32) -> SideFile {
     SideFile {
         path: PathBuf::from(path),
-        entry: SideEntry::Dir,
+        entry: SideEntry::Dir { mode },
         owner: Owner::default(),
     }
 }

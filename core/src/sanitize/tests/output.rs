@@ -72,13 +72,7 @@ fn digest_tracks_the_manifest_and_every_side_file() {
     let (parent, objects) = rich_parent();
     let base = ok(&parent, &objects);
     assert_eq!(base.digest(), ok(&parent, &objects).digest());
-    assert_eq!(
-        base.files[0].owner,
-        Owner {
-            uid: 1000,
-            gid: 2000
-        }
-    );
+    assert_eq!(base.files[0].owner, Owner { uid: 0, gid: 2000 });
 
     let mut changed_data = objects.clone();
     changed_data

@@ -81,7 +81,7 @@ fn projected_secret_and_configmap_sources_honour_items_and_modes() {
         vec![
             dir(&d),
             file(&format!("{d}/a.conf"), b"A", 0o440),
-            dir(&format!("{d}/keys")),
+            sub_dir(&format!("{d}/keys")),
             file(&format!("{d}/keys/tls.key"), b"KEY", 0o400),
             file(&format!("{d}/vault-token"), b"vault-tok", 0o440),
         ]

@@ -105,37 +105,3 @@ fn image_pull_secrets_are_dropped() {
         Some("private/app:1")
     );
 }
-
-#[test]
-fn side_files_are_owned_by_the_pod_user_and_group() {
-    let cases = [
-        (json!(null), Owner { uid: 0, gid: 0 }),
-        (json!({"runAsUser": 1000}), Owner { uid: 1000, gid: 0 }),
-        (
-            json!({"runAsUser": 1000, "runAsGroup": 3000}),
-            Owner {
-                uid: 1000,
-                gid: 3000,
-            },
-        ),
-        (
-            json!({"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000}),
-            Owner {
-                uid: 1000,
-                gid: 2000,
-            },
-        ),
-        (json!({"fsGroup": 2000}), Owner { uid: 0, gid: 2000 }),
-        (json!({"runAsUser": -1}), Owner { uid: 0, gid: 0 }),
-    ];
-    for (context, expected) in cases {
-        let parent = parent(json!({
-            "securityContext": context,
-            "containers": [{"name": "app", "image": "a"}],
-            "volumes": [{"name": "v", "secret": {"secretName": "s"}}],
-        }));
-        let checkpoint = ok(&parent, &objects(&[("s", data(&[("k", b"v")]))], &[]));
-        let owners: Vec<Owner> = checkpoint.files.iter().map(|f| f.owner).collect();
-        assert_eq!(owners, vec![expected, expected], "{context}");
-    }
-}
