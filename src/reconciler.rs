@@ -537,6 +537,8 @@ impl Reconciler {
             }
             Action::Deactivate(_, reason) => {
                 self.store.deactivate(&key).map_err(ActionError::store)?;
+                // Rewritten on the next pass, which prunes what only the copy still needed.
+                self.written.remove(&key);
                 let label = match reason {
                     DeactivateReason::ParentRunning => "parent_running",
                     DeactivateReason::Removal => "removal",
