@@ -258,3 +258,52 @@ async fn bad_configs_are_refused() {
         "{msg}"
     );
 }
+
+/// The original's problem 15: a new HTTP transport per poll leaked a descriptor each time. The
+/// client is built once and keeps its connection: polls over a keep-alive kubelet reuse one.
+#[tokio::test]
+async fn repeated_polls_reuse_one_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let body = json!({"kind": "PodList", "apiVersion": "v1", "items": []}).to_string();
+    let _server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                        body.len(),
+                        body
+                    );
+                    if conn.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = KubeletClient::new(&KubeletConfig::new(format!("http://{addr}"))).expect("client");
+    for _ in 0..20 {
+        client.pods().await.expect("pods");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection for every poll"
+    );
+}
