@@ -1394,3 +1394,70 @@ async fn turning_off_self_checkpointing_removes_only_the_agents_own_checkpoint()
         );
     }
 }
+
+/// Issue 12.9: delete and reinstall, the usual recipe for changing what a DaemonSet cannot
+/// change in place. The first release cleans up after itself; the second takes the node over
+/// from nothing: the parent's checkpoint is written again and the new agent checkpoints itself.
+#[tokio::test]
+async fn delete_and_reinstall_hands_the_node_to_the_new_release() {
+    let node = Node::from_env();
+    let ns = ChartNamespace::create(&node, "e2e-chart-reinstall").await;
+    let mut first = Release::install(&node, &ns, "pc").await;
+    let pods = ns.pods();
+    pods.create(
+        &PostParams::default(),
+        &busybox_pod(&node, "parent", true, "sleep 3600", serde_json::json!({})),
+    )
+    .await
+    .expect("create parent");
+    let parent = ns.key("parent");
+    wait_for("the parent runs with its checkpoint", LONG, || async {
+        (first.inactive(&parent).exists() && pod_running(&pods, "parent").await).then_some(())
+    })
+    .await;
+
+    first.uninstall();
+    wait_for(
+        "the first release left nothing on the node",
+        CLEANUP,
+        || async { first.leftovers().await.is_empty().then_some(()) },
+    )
+    .await;
+    assert!(
+        pod_running(&pods, "parent").await,
+        "the parent is left alone"
+    );
+    drop(first);
+
+    let second = Release::install(&node, &ns, "pc").await;
+    let pod = wait_for("the new DaemonSet pod is Ready", LONG, || async {
+        second.daemon_pod().await.filter(is_ready)
+    })
+    .await;
+    let me = ns.key(pod.metadata.name.as_deref().expect("pod name"));
+    wait_for(
+        "the new agent checkpoints the parent and itself",
+        LONG,
+        || async {
+            (second.inactive(&parent).exists()
+                && second.inactive(&me).exists()
+                && node.active_manifest(&me).exists())
+            .then_some(())
+        },
+    )
+    .await;
+    let metrics = wait_for("the new agent works", SHORT, || async {
+        node_admin_get("/metrics")
+            .filter(|m| sample(m, "pod_checkpointer_lock_held", "") == Some(1.0))
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "pod_checkpointer_checkpoints",
+            r#"{state="inactive"}"#
+        ),
+        Some(1.0),
+        "the parent's checkpoint, inactive while it runs"
+    );
+}
