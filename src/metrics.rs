@@ -45,6 +45,11 @@ pub struct Metrics {
     /// 0 while the checkpoint directories cannot be read: the agent then acts on nothing that
     /// depends on them, and the `checkpoints` gauges hold their last values.
     pub disk_readable: IntGauge,
+    /// 1 while the runtime runs the agent's own static copy, 0 while its checkpoint is active
+    /// but nothing runs it: then the manifest directory is not where this kubelet runs static
+    /// pods, and no checkpoint would come back after a reboot. Only set while the agent
+    /// checkpoints itself.
+    pub own_copy_running: IntGaugeVec,
     build_info: GaugeVec,
 }
 
@@ -137,6 +142,13 @@ impl Metrics {
                 "disk_readable",
                 "0 while the checkpoint directories cannot be read (checkpoint gauges then hold their last values), else 1.",
             ))?,
+            own_copy_running: IntGaugeVec::new(
+                opts(
+                    "own_copy_running",
+                    "1 while the kubelet runs the agent's own static copy (its checkpoint is active); 0 when it does not run it.",
+                ),
+                &["pod"],
+            )?,
             build_info: GaugeVec::new(
                 opts("build_info", "Build information; always 1."),
                 &["version"],
@@ -176,6 +188,7 @@ impl Metrics {
         r.register(Box::new(self.write_errors.clone()))?;
         r.register(Box::new(self.lock_held.clone()))?;
         r.register(Box::new(self.disk_readable.clone()))?;
+        r.register(Box::new(self.own_copy_running.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -312,7 +312,7 @@ impl Reconciler {
             tracing::error!(error = %e, "could not persist grace deadlines");
         }
 
-        self.report_states();
+        self.report_states(&node.running);
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -692,10 +692,21 @@ impl Reconciler {
 
     /// Exports checkpoint counts by state from a fresh look at the disk. When the disk cannot be
     /// read, the last values stay: unknown is not "none active".
-    fn report_states(&mut self) {
+    fn report_states(&mut self, running: &Observation<BTreeSet<PodKey>>) {
         let Some(disk) = self.scan() else {
             return;
         };
+        // The self-check: the agent's own checkpoint is always active, so the runtime should
+        // run its static copy; when it does not, nothing in this directory would ever run.
+        if let (Some(me), Observation::Known(running)) = (&self.settings.me, running)
+            && disk.checkpoints.get(me).is_some_and(|d| d.active.is_some())
+        {
+            let copy = me.static_pod_key(&self.settings.node_name);
+            self.metrics
+                .own_copy_running
+                .with_label_values(&[&copy.name])
+                .set(i64::from(running.contains(&copy)));
+        }
         let (mut inactive, mut active, mut grace) = (0, 0, 0);
         let mut series = BTreeSet::new();
         for (key, d) in &disk.checkpoints {

@@ -344,3 +344,50 @@ async fn a_duplicate_manifest_is_reported_once() {
         "reported once"
     );
 }
+
+/// Issue 12.10: the self-check. The agent's own checkpoint is always active, so the kubelet
+/// should run its static copy; when it does not, the manifest directory is not the kubelet's
+/// static pod path and no checkpoint would come back after a reboot: `own_copy_running` says so.
+#[tokio::test]
+async fn own_copy_running_says_whether_the_kubelet_runs_the_agents_static_copy() {
+    let w = World::new();
+    let me = PodKey::new(NS, "pod-checkpointer-x");
+    let agent = PodBuilder::parent(NS, &me.name)
+        .node(NODE)
+        .status(json!({"phase": "Running"}))
+        .build();
+    let copy = me.static_pod_key(NODE);
+    let view = node_view(vec![agent], BTreeSet::from([me.clone()]));
+    let mut settings = settings();
+    settings.me = Some(me.clone());
+    let mut r = Reconciler::new(
+        settings,
+        w.store(),
+        w.metrics.clone(),
+        view.clone(),
+        None,
+        None,
+    );
+    let gauge = || {
+        w.metrics
+            .own_copy_running
+            .with_label_values(&[&copy.name])
+            .get()
+    };
+    for _ in 0..3 {
+        r.reconcile().await;
+    }
+    assert!(
+        w.layout
+            .manifest_dir
+            .join(me.manifest_file_name())
+            .is_file(),
+        "its own checkpoint is active"
+    );
+    assert_eq!(gauge(), 0, "nothing runs the copy");
+    if let Ok(mut v) = view.lock() {
+        v.running = Observation::Known(BTreeSet::from([me.clone(), copy.clone()]));
+    }
+    r.reconcile().await;
+    assert_eq!(gauge(), 1, "the kubelet runs it");
+}
