@@ -252,6 +252,7 @@ impl Reconciler {
             yields: &self.yields,
             fallback_timeout: self.settings.fallback_timeout,
             running: &node.running,
+            api_settled: true,
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
