@@ -6,6 +6,7 @@
 mod chart;
 mod harness;
 mod selfhosted;
+mod view;
 
 use std::time::Duration;
 
