@@ -237,6 +237,12 @@ async fn reboot_with_the_api_down_activates_within_the_bound() {
         (!node.active_manifest(&key).exists()).then_some(())
     })
     .await;
+    // After a reboot a self-hosted API can go once more while its copy yields: let it settle, so
+    // the namespace's deletion is not lost.
+    wait_for("the API answers", LONG, || async {
+        ns.pods().get_opt("parent").await.ok().map(|_| ())
+    })
+    .await;
 }
 
 /// Issue 10.4: the API comes back and the watch resumes where it stopped, with nothing to report
