@@ -267,6 +267,7 @@ impl Reconciler {
             yields: &self.yields,
             fallback_timeout: self.settings.fallback_timeout,
             running: &node.running,
+            api_settled: self.api.as_ref().is_none_or(|a| a.pods.settled()),
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
@@ -316,16 +317,28 @@ impl Reconciler {
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
-        let wake_at = match (decision.wake_at, self.token_refresh(api_pods.is_some())) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake_at = [
+            decision.wake_at,
+            self.token_refresh(api_pods.is_some()),
+            self.view_settles_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         Pass {
             wake_at,
             acted,
             // Those kept on purpose are not waited for.
             checkpoints_on_disk: Some(checkpoints_on_disk.saturating_sub(decision.kept.len())),
         }
+    }
+
+    /// When a view still waiting for the pod watch's first answer stops waiting: a pass must run
+    /// then, even if the watch never says anything.
+    fn view_settles_at(&self) -> Option<Timestamp> {
+        let at = self.api.as_ref()?.pods.settles_at()?;
+        let ahead = at.saturating_duration_since(Instant::now());
+        Timestamp::now().checked_add(ahead).ok()
     }
 
     /// When a service-account token is next due for refresh, while the API answers.

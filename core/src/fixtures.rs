@@ -178,6 +178,8 @@ pub struct World {
     pub fallback_timeout: Duration,
     /// [`Inputs::running`].
     pub running: Observation<BTreeSet<PodKey>>,
+    /// [`Inputs::api_settled`].
+    pub api_settled: bool,
     /// [`Inputs::desired`].
     pub desired: BTreeMap<PodKey, u64>,
     /// [`Inputs::written`].
@@ -217,6 +219,7 @@ impl World {
             yields: BTreeMap::new(),
             fallback_timeout: Duration::from_secs(300),
             running: Observation::Known(BTreeSet::new()),
+            api_settled: true,
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
             disk: BTreeMap::new(),
@@ -259,6 +262,14 @@ impl World {
     /// The runtime did not answer.
     pub fn runtime_unknown(mut self) -> Self {
         self.running = Observation::Unknown;
+        self
+    }
+
+    /// Just after a start: the pod watch has neither synced nor failed yet, so the API view is
+    /// unknown only for want of asking.
+    pub fn api_unsettled(mut self) -> Self {
+        self.api = Observation::Unknown;
+        self.api_settled = false;
         self
     }
 
@@ -345,6 +356,7 @@ impl World {
             yields: &self.yields,
             fallback_timeout: self.fallback_timeout,
             running: &self.running,
+            api_settled: self.api_settled,
             desired: &self.desired,
             written: &self.written,
             disk: &self.disk,

@@ -3,24 +3,41 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use tokio::task::JoinHandle;
 
 use super::{ReconnectBackoff, Trigger, watcher_reason};
 use crate::metrics::Metrics;
 
+/// How long after a start the pod watch has to sync or fail before a pass acts without it
+/// (SPEC §5 "a complete view"). An API that refuses connections fails at once; this bounds one
+/// that does not answer, so a reboot with no API still activates within it.
+pub const FIRST_ANSWER: Duration = Duration::from_secs(2);
+
+/// How one pod watch stands, shared between its task and the reconciler.
+#[derive(Debug, Default)]
+struct WatchState {
+    /// Connected, and the store holds a full list taken since the last failure.
+    up: AtomicBool,
+    /// Synced or failed at least once since the start: the API has had its say.
+    answered: AtomicBool,
+}
+
 /// The reflector stores of the pods bound to this node, one per watched namespace (or one for
 /// all namespaces), and whether each watch is connected and synced.
 pub struct PodWatch {
-    streams: Vec<(Store<Pod>, Arc<AtomicBool>)>,
+    streams: Vec<(Store<Pod>, Arc<WatchState>)>,
     tasks: Vec<JoinHandle<()>>,
+    /// When the watches were started: the bound of [`FIRST_ANSWER`] counts from here.
+    started: Instant,
 }
 
 impl PodWatch {
@@ -45,20 +62,23 @@ impl PodWatch {
         let mut tasks = Vec::new();
         for (scope, api) in apis {
             let (reader, writer) = reflector::store();
-            let up = Arc::new(AtomicBool::new(false));
-            let events = kube::runtime::watcher(api, cfg.clone())
-                .backoff(ReconnectBackoff::default())
-                .reflect(writer);
+            let state = Arc::new(WatchState::default());
+            let cfg = cfg.clone();
             tasks.push(tokio::spawn(follow_pods(
-                events,
+                move || kube::runtime::watcher(api.clone(), cfg.clone()),
+                writer,
                 scope,
-                up.clone(),
+                state.clone(),
                 trigger.clone(),
                 metrics.clone(),
             )));
-            streams.push((reader, up));
+            streams.push((reader, state));
         }
-        Self { streams, tasks }
+        Self {
+            streams,
+            tasks,
+            started: Instant::now(),
+        }
     }
 
     /// Every pod bound here, or `None` while any watch is disconnected or not yet synced: a
@@ -74,7 +94,22 @@ impl PodWatch {
     pub fn is_reachable(&self) -> bool {
         self.streams
             .iter()
-            .all(|(_, up)| up.load(Ordering::Relaxed))
+            .all(|(_, w)| w.up.load(Ordering::Relaxed))
+    }
+
+    /// Whether the API's side of the view is in: every watch has synced or failed since the
+    /// start, or [`FIRST_ANSWER`] has passed. Before that, "no API view" only means nobody has
+    /// asked yet, and a pass must not activate on it.
+    pub fn settled(&self) -> bool {
+        self.settles_at().is_none()
+    }
+
+    /// When an unsettled view stops waiting for the API, so the reconciler looks again then
+    /// (a watch that answers sooner wakes it itself).
+    pub fn settles_at(&self) -> Option<Instant> {
+        let answered = (self.streams.iter()).all(|(_, w)| w.answered.load(Ordering::Relaxed));
+        let bound = self.started + FIRST_ANSWER;
+        (!answered && Instant::now() < bound).then_some(bound)
     }
 }
 
@@ -86,42 +121,145 @@ impl Drop for PodWatch {
     }
 }
 
-async fn follow_pods(
-    events: impl Stream<Item = watcher::Result<Event<Pod>>>,
+/// Follows one pod watch into its store. After any failure the watch starts over with a fresh
+/// list, whose end (`InitDone`) says the API answers again: a watch left to resume from its
+/// resourceVersion comes back without a word when no pod changed meanwhile, and the API would
+/// stay "unreachable" (no GC, no tokens, no new checkpoints) until some pod on the node changed.
+/// Costs one LIST per reconnect, none while the watch holds.
+async fn follow_pods<S>(
+    mut connect: impl FnMut() -> S,
+    mut writer: Writer<Pod>,
     scope: String,
-    up: Arc<AtomicBool>,
+    state: Arc<WatchState>,
     trigger: Trigger,
     metrics: Metrics,
-) {
-    let mut events = std::pin::pin!(events);
+) where
+    S: Stream<Item = watcher::Result<Event<Pod>>>,
+{
+    let mut backoff = ReconnectBackoff::default();
     // Whether the last thing logged was a failure, so each transition is logged once.
     let mut down_logged = false;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Init | Event::InitApply(_)) => continue,
-            Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
-                if !up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(scope = %scope, action = "api_reachable", "pod watch synced with the API server");
-                }
-                down_logged = false;
-                metrics.synced("api");
-            }
-            Err(e) => {
-                let reason = watcher_reason(&e);
-                metrics.api_error("pods", reason);
-                up.store(false, Ordering::Relaxed);
-                if !down_logged {
-                    down_logged = true;
-                    if reason == "forbidden" {
-                        tracing::error!(scope = %scope, action = "api_unreachable", reason, error = %e, "not allowed to watch pods; check the agent's RBAC for this namespace");
-                    } else {
-                        tracing::warn!(scope = %scope, action = "api_unreachable", reason, error = %e, "cannot reach the API server; retrying, and removing nothing until it is back");
+    loop {
+        let mut events = std::pin::pin!(connect());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    if matches!(event, Event::Init | Event::InitApply(_)) {
+                        continue;
                     }
-                } else {
-                    tracing::debug!(scope = %scope, reason, error = %e, "pod watch still failing");
+                    if !state.up.swap(true, Ordering::Relaxed) {
+                        tracing::info!(scope = %scope, action = "api_reachable", "pod watch synced with the API server");
+                    }
+                    state.answered.store(true, Ordering::Relaxed);
+                    down_logged = false;
+                    backoff.reset();
+                    metrics.synced("api");
+                    trigger.notify_one();
+                }
+                Err(e) => {
+                    let reason = watcher_reason(&e);
+                    metrics.api_error("pods", reason);
+                    state.up.store(false, Ordering::Relaxed);
+                    state.answered.store(true, Ordering::Relaxed);
+                    if !down_logged {
+                        down_logged = true;
+                        if reason == "forbidden" {
+                            tracing::error!(scope = %scope, action = "api_unreachable", reason, error = %e, "not allowed to watch pods; check the agent's RBAC for this namespace");
+                        } else {
+                            tracing::warn!(scope = %scope, action = "api_unreachable", reason, error = %e, "cannot reach the API server; retrying, and removing nothing until it is back");
+                        }
+                    } else {
+                        tracing::debug!(scope = %scope, reason, error = %e, "pod watch still failing");
+                    }
+                    trigger.notify_one();
+                    break;
                 }
             }
         }
-        trigger.notify_one();
+        tokio::time::sleep(backoff.next().unwrap_or(ReconnectBackoff::MAX)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use futures::stream;
+    use tokio::sync::Notify;
+
+    type Script = Vec<watcher::Result<Event<Pod>>>;
+
+    /// Runs `follow_pods` over scripted watch streams, one per (re)connect; each stream stays
+    /// open after its script, as a watch that resumed and has nothing to say does.
+    fn run(scripts: Vec<Script>) -> (Arc<WatchState>, Arc<Mutex<usize>>, JoinHandle<()>) {
+        let state = Arc::new(WatchState::default());
+        let connects = Arc::new(Mutex::new(0));
+        let mut scripts = scripts.into_iter();
+        let counter = connects.clone();
+        let connect = move || {
+            if let Ok(mut n) = counter.lock() {
+                *n += 1;
+            }
+            stream::iter(scripts.next().unwrap_or_default()).chain(stream::pending())
+        };
+        let (_, writer) = reflector::store();
+        let metrics = Metrics::new().expect("metrics");
+        let task = tokio::spawn(follow_pods(
+            connect,
+            writer,
+            "test".to_string(),
+            state.clone(),
+            Arc::new(Notify::new()),
+            metrics,
+        ));
+        (state, connects, task)
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn api_is_reachable_again_after_a_failure_without_any_pod_change() {
+        // Synced, then the watch fails; what follows says nothing (no pod changed). The watch
+        // starts over with a list, and its end marks the API reachable again.
+        let (state, connects, task) = run(vec![
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitDone),
+                Err(watcher::Error::NoResourceVersion),
+            ],
+            vec![Ok(Event::Init), Ok(Event::InitDone)],
+        ]);
+        until("reconnected", || connects.lock().is_ok_and(|n| *n == 2)).await;
+        until("reachable again", || state.up.load(Ordering::Relaxed)).await;
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_fails_at_once_has_answered_but_is_not_reachable() {
+        // An API that refuses connections settles the view at once: unknown, not "not asked".
+        let (state, _, task) = run(vec![vec![
+            Ok(Event::Init),
+            Err(watcher::Error::NoResourceVersion),
+        ]]);
+        until("answered", || state.answered.load(Ordering::Relaxed)).await;
+        assert!(!state.up.load(Ordering::Relaxed));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_has_not_answered_leaves_the_view_unsettled() {
+        let (state, _, task) = run(vec![vec![Ok(Event::Init)]]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!state.answered.load(Ordering::Relaxed));
+        assert!(!state.up.load(Ordering::Relaxed));
+        task.abort();
     }
 }

@@ -443,3 +443,56 @@ pub fn mode(path: &Path) -> u32 {
         .mode()
         & 0o7777
 }
+
+/// An agent stopped by [`Agent::stop_for_restart`]: its command line, to start it again as it was.
+pub struct StoppedAgent {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Agent {
+    /// SIGTERM, keeping the command line (read back from `/proc`, so it is exactly what
+    /// [`Agent::start`] ran) for [`Agent::start_again`]: same directories, admin port and log.
+    pub fn stop_for_restart(&mut self) -> StoppedAgent {
+        use std::os::unix::ffi::OsStringExt;
+        let pid = self.child.as_ref().expect("agent still running").id();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("agent command line");
+        let mut words = cmdline
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| std::ffi::OsString::from_vec(w.to_vec()));
+        let program = words.next().expect("agent program");
+        let args = words.collect();
+        let status = self.stop();
+        assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+        StoppedAgent { program, args }
+    }
+
+    /// Starts the stopped agent again, as a supervisor or a reboot would; its lines are appended
+    /// to the same log. Returns when the process was spawned, for timing what follows.
+    pub fn start_again(&mut self, stopped: StoppedAgent) -> Instant {
+        assert!(self.child.is_none(), "the agent is still running");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let spawned = Instant::now();
+        let child = Command::new(&stopped.program)
+            .args(&stopped.args)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent again");
+        self.child = Some(child);
+        spawned
+    }
+
+    /// [`Agent::stop_for_restart`], then [`Agent::start_again`] at once.
+    pub fn restart(&mut self) -> Instant {
+        let stopped = self.stop_for_restart();
+        self.start_again(stopped)
+    }
+}

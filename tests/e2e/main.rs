@@ -7,6 +7,7 @@ mod chart;
 mod collision;
 mod harness;
 mod selfhosted;
+mod view;
 mod volumes;
 
 use std::time::Duration;

@@ -75,6 +75,12 @@ pub struct Inputs<'a> {
     pub fallback_timeout: Duration,
     /// Pods the runtime runs, by namespace/name; `Unknown` when it did not answer.
     pub running: &'a Observation<BTreeSet<PodKey>>,
+    /// The API's side of the view is in: since the agent started, the pod watch has synced, or
+    /// failed, or had its short bound to do either. False only in the first moments after a
+    /// start, when `api` is `Unknown` because nobody has asked yet, not because the API is down:
+    /// a parent the API would call merely starting must not get a copy then (SPEC §5, "a pass
+    /// acts only on a complete view"). A reboot with no API sets it within that bound.
+    pub api_settled: bool,
     /// Digest of the checkpoint each seen parent sanitizes to now (from the API or the kubelet).
     pub desired: &'a BTreeMap<PodKey, u64>,
     /// Digest of what the agent last wrote for each checkpoint in this process.
@@ -324,7 +330,10 @@ fn activation(inp: &Inputs<'_>, key: &PodKey, out: &mut Decision) {
     let merely_starting = listed.is_some_and(|p| !p.started_here);
     // Being deleted or finished, while the API can say so: going away on purpose.
     let leaving = listed.is_some_and(|p| p.leaving);
+    // Half a view: right after a start the API has not been asked yet, and may yet say
+    // "merely starting" or "leaving". Deactivating above is safe on the runtime's word alone.
     if has_checkpoint
+        && inp.api_settled
         && !on_disk.active
         && !merely_starting
         && !leaving

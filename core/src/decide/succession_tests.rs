@@ -146,6 +146,7 @@ impl Tick {
             yields: &self.yields,
             fallback_timeout: FALLBACK,
             running: &self.running,
+            api_settled: true,
             desired: &BTreeMap::new(),
             written: &BTreeMap::new(),
             disk: &self.disk,

@@ -606,3 +606,60 @@ fn time_the_api_could_not_be_asked_does_not_count_toward_grace() {
         ]
     );
 }
+
+// --- SPEC §5: a pass acts only on a complete view ---
+
+#[test]
+fn first_pass_after_a_start_does_not_activate_before_the_pod_watch_has_answered() {
+    // Restarted while the parent's sandbox is being set up: the runtime does not list it yet,
+    // and the API (which would say "merely starting") has not been asked yet. Its checkpoint
+    // stays inactive until the watch has synced or failed, or its short bound has passed.
+    let a = key("apiserver");
+    let w = World::new().inactive(&a).api_unsettled();
+    assert_eq!(w.actions(), vec![]);
+    let reboot = World::new().only_on_disk(&a).api_unsettled();
+    assert_eq!(reboot.actions(), vec![], "not even from disk alone");
+}
+
+#[test]
+fn a_pod_watch_that_failed_at_start_is_a_complete_view_and_the_reboot_activates_at_once() {
+    // After a reboot with no API the watch fails at once (or runs out its bound): the view is
+    // complete with the API unknown, and the outage rule activates.
+    let a = key("apiserver");
+    let w = World::new().only_on_disk(&a);
+    assert!(w.api_settled && w.api == Observation::Unknown);
+    assert_eq!(w.actions(), vec![activate(&a)]);
+}
+
+#[test]
+fn once_synced_a_parent_that_is_merely_starting_still_gets_no_copy() {
+    let a = key("apiserver");
+    let w = World::new().api_up().listed(&a, false).inactive(&a);
+    assert_eq!(w.actions(), vec![]);
+}
+
+#[test]
+fn an_unsettled_view_still_writes_and_deactivates_on_the_runtime_word() {
+    // Only activation waits: a running parent's copy yields at once, and a parent seen by the
+    // kubelet is written.
+    let a = key("apiserver");
+    let running = World::new()
+        .inactive(&a)
+        .active(&a)
+        .running(&a)
+        .api_unsettled();
+    assert_eq!(
+        running.actions(),
+        vec![deactivate(&a, DeactivateReason::ParentRunning)]
+    );
+    let fresh = World::new().desired(&a, 7).api_unsettled();
+    assert_eq!(fresh.actions(), vec![write(&a)]);
+}
+
+#[test]
+fn an_unsettled_view_keeps_the_agents_own_checkpoint_active() {
+    // The agent's own copy is always active; the lock, not the view, decides who works.
+    let me = key("me");
+    let w = World::new().me(&me).inactive(&me).api_unsettled();
+    assert_eq!(w.actions(), vec![activate(&me)]);
+}
