@@ -5,6 +5,7 @@
 
 mod chart;
 mod harness;
+mod rbac;
 mod selfhosted;
 
 use std::time::Duration;
