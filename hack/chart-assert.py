@@ -11,10 +11,14 @@ Scenarios:
   defaults RENDERED RELEASE_NAMESPACE APP_VERSION
   non-default RENDERED RELEASE_NAMESPACE VALUES.yaml
   rbac-only RENDERED                 (the output of --show-only templates/rbac.yaml)
+  token-allow-list RENDERED RELEASE_NAMESPACE ACCOUNT...  (ns/name the agent may mint tokens for)
+  placement RENDERED CONTROL_PLANE_ONLY(true|false) [VALUES.yaml]
+  admission-policy RENDERED NAMESPACE... [-- NS/SA...]
   service-monitor-only RENDERED
   no-self-checkpoint RENDERED
   alerts CHART_DIR TEST_FILE [SRC_DIR] (alerts.yaml: metric names, runbooks, a test per alert)
   values-documented VALUES.yaml
+  doc-links REPO_ROOT FILE.md...     (every link stays inside the repository and resolves)
 """
 
 import pathlib
@@ -57,7 +61,6 @@ def one(docs, kind):
 NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 SELF_RULES = [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get", "list", "watch"]}]
@@ -72,6 +75,25 @@ METRICS = {
 }
 
 CHECKPOINT_ANNOTATION = "checkpointer.alpha.coreos.com/checkpoint"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+
+
+def token_rule(names):
+    """The only form of the TokenRequest permission: create, for named accounts (issue 12.1)."""
+    return {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"],
+            "resourceNames": sorted(names)}
+
+
+def token_grants(docs):
+    """{namespace: [account names]} the rendered RBAC lets the agent mint tokens for; "*" for a
+    rule without resourceNames; cluster-wide rules under the key "*"."""
+    out = {}
+    for d in by_kind(docs, "Role") + by_kind(docs, "ClusterRole"):
+        ns = d["metadata"].get("namespace", "*") if d["kind"] == "Role" else "*"
+        for r in d.get("rules", []):
+            if "serviceaccounts/token" in r.get("resources", []) or "*" in r.get("resources", []):
+                out.setdefault(ns, []).extend(r.get("resourceNames") or ["*"])
+    return {k: sorted(v) for k, v in out.items()}
 CAPS = {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
 
 
@@ -190,16 +212,27 @@ def scenario_defaults(rendered, namespace, app_version):
     values = default_values()
     kinds = sorted(d["kind"] for d in docs)
     expected_ns = sorted(set(values["namespaces"]) | {namespace})
-    check(kinds == sorted(["ServiceAccount", "DaemonSet"] + ["Role", "RoleBinding"] * len(expected_ns)),
-          f"renders only ServiceAccount, DaemonSet, and a Role+RoleBinding per namespace: {kinds}")
+    # One Role+RoleBinding per watched namespace, and one more pair in the release namespace for
+    # the agent's own token (issue 12.1).
+    check(kinds == sorted(["ServiceAccount", "DaemonSet"] + ["Role", "RoleBinding"] * (len(expected_ns) + 1)),
+          f"renders only ServiceAccount, DaemonSet, a Role+RoleBinding per namespace and the token Role: {kinds}")
     check(not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding"),
           "no cluster-wide RBAC by default")
-    check(sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == expected_ns,
+    sa = one(docs, "ServiceAccount")
+    token_roles = [r for r in by_kind(docs, "Role") if any(
+        "serviceaccounts/token" in rule["resources"] for rule in r["rules"])]
+    main_roles = [r for r in by_kind(docs, "Role") if r not in token_roles]
+    check(sorted(r["metadata"]["namespace"] for r in main_roles) == expected_ns,
           f"Roles in {expected_ns} (values.namespaces + release namespace)")
-    for r in by_kind(docs, "Role"):
+    for r in main_roles:
         want = NAMESPACED_RULES + (SELF_RULES if r["metadata"]["namespace"] == namespace else [])
         check(r["rules"] == want, f"Role in {r['metadata']['namespace']} has exactly the agent's rules")
-    sa = one(docs, "ServiceAccount")
+    check(token_grants(docs) == {namespace: [sa["metadata"]["name"]]},
+          f"by default tokens may be minted only for the agent's own account {namespace}/{sa['metadata']['name']}"
+          f" (issue 12.1): {token_grants(docs)}")
+    check([r["rules"] for r in token_roles] == [[token_rule([sa["metadata"]["name"]])]],
+          "the token Role has exactly create on serviceaccounts/token with resourceNames")
+    check(not by_kind(docs, "ValidatingAdmissionPolicy"), "no admission policy by default")
     check_rbac_bindings(docs, sa["metadata"]["name"], namespace)
     ds = one(docs, "DaemonSet")
     pod, c, args = check_daemonset(ds, namespace, ",".join(expected_ns), values)
@@ -215,6 +248,29 @@ def scenario_defaults(rendered, namespace, app_version):
     check(args.get("--cri-endpoint") == "unix:///run/containerd/containerd.sock", "containerd socket by default")
     check(c.get("resources", {}).get("requests") and c["resources"].get("limits", {}).get("memory"),
           "resources: requests and a memory limit by default")
+    check_control_plane_only(pod, {})
+    manifests = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == values["hostPaths"]["manifestDir"]]
+    check([v["hostPath"]["type"] for v in manifests] == ["Directory"],
+          "the static pod directory is mounted with type Directory by default (never created where the kubelet reads none)")
+
+
+def check_control_plane_only(pod, user_affinity):
+    """The pod goes only to nodes labelled node-role.kubernetes.io/control-plane (any value: k3s
+    and RKE2 set "true", kubeadm ""), on top of every required term the user gave (issue 12.10)."""
+    want = {"key": CONTROL_PLANE_LABEL, "operator": "Exists"}
+    terms = (pod.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    user_terms = (user_affinity.get("nodeAffinity", {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    check(terms and all(want in t.get("matchExpressions", []) for t in terms),
+          f"every required node selector term asks for the {CONTROL_PLANE_LABEL} label (control-plane nodes only)")
+    if user_terms:
+        check(len(terms) == len(user_terms) and all(
+            [e for e in t["matchExpressions"] if e != want] == u.get("matchExpressions", [])
+            for t, u in zip(terms, user_terms)), "the user's required terms are kept, each narrowed to control-plane nodes")
+    rest = {k: v for k, v in pod.get("affinity", {}).items() if k != "nodeAffinity"}
+    check(rest == {k: v for k, v in user_affinity.items() if k != "nodeAffinity"},
+          "the rest of the user's affinity is kept as given")
 
 
 def scenario_non_default(rendered, namespace, values_file):
@@ -230,7 +286,8 @@ def scenario_non_default(rendered, namespace, values_file):
     values = merge(values, override)
     check(values["allNamespaces"] is True and values["kubelet"]["enabled"] is True,
           "non-default values enable allNamespaces and kubelet access")
-    check(not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding"), "allNamespaces: no namespaced Roles")
+    check(all(r["metadata"]["name"].endswith("-token") for r in by_kind(docs, "Role") + by_kind(docs, "RoleBinding")),
+          "allNamespaces: no namespaced Roles but the token ones")
     crs = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     check(len(crs) == 2 and len(by_kind(docs, "ClusterRoleBinding")) == 2,
           "allNamespaces + kubelet: two ClusterRoles and two ClusterRoleBindings")
@@ -239,6 +296,13 @@ def scenario_non_default(rendered, namespace, values_file):
     check(len(kubelet) == 1, "a ClusterRole with exactly nodes/pods get (kubelet fine-grained authz)")
     check(len(main) == 1, "a ClusterRole with exactly the agent's namespaced rules")
     sa = one(docs, "ServiceAccount")
+    # allNamespaces: the token permission still only per namespace, for the listed accounts.
+    want = {}
+    for entry in values["rbac"]["tokenServiceAccounts"] + [f'{namespace}/{sa["metadata"]["name"]}']:
+        ns, name = entry.split("/")
+        want.setdefault(ns, []).append(name)
+    check(token_grants(docs) == {k: sorted(v) for k, v in want.items()},
+          f"allNamespaces: tokens only for the listed accounts, no cluster-wide token rule: {token_grants(docs)}")
     check(sa["metadata"]["name"] == values["serviceAccount"]["name"], "service account name from values")
     check_rbac_bindings(docs, sa["metadata"]["name"], namespace)
     ds = one(docs, "DaemonSet")
@@ -250,8 +314,10 @@ def scenario_non_default(rendered, namespace, values_file):
           "insecureSkipTLSVerify passes the flag and no CA file")
     check(c["args"][-len(values["extraArgs"]):] == values["extraArgs"], "extraArgs are appended last")
     check(c["resources"] == values["resources"], "resources from values")
-    check(pod["nodeSelector"] == values["nodeSelector"] and pod["affinity"] == values["affinity"],
-          "nodeSelector and affinity from values")
+    check(pod["nodeSelector"] == values["nodeSelector"], "nodeSelector from values")
+    check_control_plane_only(pod, values["affinity"])
+    vap = one(docs, "ValidatingAdmissionPolicy")
+    check(vap.get("apiVersion") == "admissionregistration.k8s.io/v1", "the admission policy is admissionregistration.k8s.io/v1")
     env = {e["name"]: e.get("value") for e in c["env"]}
     check(env.get("KUBERNETES_SERVICE_HOST") == values["apiServer"]["host"] and
           env.get("KUBERNETES_SERVICE_PORT") == str(values["apiServer"]["port"]),
@@ -274,6 +340,8 @@ def scenario_non_default(rendered, namespace, values_file):
               f"{mon['kind']} drops the mirror pod of the agent's own checkpoint (no duplicate series)")
         check(mon["spec"]["selector"]["matchLabels"] == ds["spec"]["selector"]["matchLabels"],
               f"{mon['kind']} selects the agent's pods")
+        check({"targetLabel": "job", "replacement": "pod-checkpointer", "action": "replace"} in ep.get("relabelings", []),
+              f'{mon["kind"]} sets job="pod-checkpointer" (the up/absent alerts select it, whatever the release is called)')
     addr = [r for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"] if r.get("targetLabel") == "__address__"]
     check(len(addr) == 2 and all(r["replacement"].endswith(f":{values['adminPort']}") for r in addr),
           "PodMonitor points port-less targets at the admin port (IPv4 and IPv6)")
@@ -291,6 +359,66 @@ def scenario_rbac_only(rendered):
         for rule in d.get("rules", []):
             check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
                   f"{d['kind']} {d['metadata']['name']}: no wildcard in {rule['resources']}")
+            if "serviceaccounts/token" in rule.get("resources", []):
+                check(rule.get("resourceNames"),
+                      f"{d['kind']} {d['metadata'].get('namespace', '')}/{d['metadata']['name']}: serviceaccounts/token"
+                      " only with resourceNames (no minting tokens for any account, issue 12.1)")
+                check(d["kind"] == "Role", "the token permission is never cluster-wide")
+
+
+def scenario_token_allow_list(rendered, namespace, *accounts):
+    """rbac.tokenServiceAccounts (plus the agent's own account) becomes resourceNames, one Role per
+    namespace, and nothing else may mint tokens."""
+    docs = load(rendered)
+    want = {}
+    for entry in accounts:
+        ns, name = entry.split("/")
+        want.setdefault(ns, []).append(name)
+    want = {k: sorted(set(v)) for k, v in want.items()}
+    check(token_grants(docs) == want, f"tokens may be minted exactly for {want}: {token_grants(docs)}")
+    for r in by_kind(docs, "Role"):
+        for rule in r["rules"]:
+            if "serviceaccounts/token" in rule["resources"]:
+                check(rule == token_rule(want.get(r["metadata"]["namespace"], [])),
+                      f"token rule in {r['metadata']['namespace']} is create with resourceNames only")
+
+
+def scenario_placement(rendered, control_plane_only, values_file=None):
+    docs = load(rendered)
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    user = {}
+    if values_file:
+        with open(values_file) as f:
+            user = (yaml.safe_load(f) or {}).get("affinity") or {}
+    if control_plane_only == "true":
+        check_control_plane_only(pod, user)
+    else:
+        check(pod.get("affinity", {}) == user, "controlPlaneOnly false: the affinity is the user's, unchanged")
+
+
+def scenario_admission_policy(rendered, *rest):
+    """The ValidatingAdmissionPolicy that limits who may carry the checkpoint annotation."""
+    rest = list(rest)
+    namespaces = rest[:rest.index("--")] if "--" in rest else rest
+    accounts = rest[rest.index("--") + 1:] if "--" in rest else []
+    docs = load(rendered)
+    vap = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    for obj in (vap, binding):
+        check(obj.get("apiVersion") == "admissionregistration.k8s.io/v1", f"{obj.get('kind')} is admissionregistration.k8s.io/v1")
+    spec = vap.get("spec", {})
+    rules = spec.get("matchConstraints", {}).get("resourceRules", [])
+    check(rules == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                     "resources": ["pods"]}], "the policy checks pods on CREATE and UPDATE")
+    check(spec.get("failurePolicy") == "Fail", "failurePolicy Fail (a broken policy does not let pods through)")
+    check(binding["spec"].get("policyName") == vap["metadata"]["name"], "the binding names the policy")
+    check(binding["spec"].get("validationActions") == ["Deny"], "the binding denies by default")
+    params = {v["name"]: v["expression"] for v in spec.get("variables", [])}
+    check(yaml.safe_load(params.get("allowedNamespaces", "null")) == sorted(namespaces),
+          f"allowed namespaces are {sorted(namespaces)}: {params.get('allowedNamespaces')}")
+    check(yaml.safe_load(params.get("allowedServiceAccounts", "null")) == sorted(accounts),
+          f"allowed service accounts are {sorted(accounts)}: {params.get('allowedServiceAccounts')}")
+    check(CHECKPOINT_ANNOTATION in params.get("annotated", ""), "the policy looks at the checkpoint annotation")
 
 
 def scenario_service_monitor_only(rendered):
@@ -318,15 +446,21 @@ def scenario_alerts(chart_dir, test_file, src_dir=None):
     names = [a["alert"] for a in alerts]
     expected = ["PodCheckpointerCheckpointActiveLong", "PodCheckpointerAPIUnreachable",
                 "PodCheckpointerRuntimePollFailing", "PodCheckpointerKubeletPollFailing",
-                "PodCheckpointerPodRefused", "PodCheckpointerWriteErrors"]
-    check(sorted(names) == sorted(expected), f"alerts are exactly {expected}")
+                "PodCheckpointerPodRefused", "PodCheckpointerWriteErrors",
+                # Issue 12.13: alerts that do not depend on the agent exporting anything.
+                "PodCheckpointerAgentDown", "PodCheckpointerAgentAbsent",
+                "PodCheckpointerControlPlaneNodeUnprotected", "PodCheckpointerRuntimePollStale"]
+    check(sorted(names) == sorted(expected), f"alerts are exactly {expected}: {sorted(names)}")
     src = ""
     if src_dir:
         src = "\n".join(p.read_text() for p in pathlib.Path(src_dir).rglob("*.rs"))
     for a in alerts:
         n = a["alert"]
         used = set(re.findall(r"pod_checkpointer_([a-z_]+)", a["expr"]))
-        check(used and used <= METRICS, f"{n} uses only exported metrics: {sorted(used)}")
+        # Whether the agent runs at all: Prometheus' own `up` of its scrape job (the chart's
+        # monitors set job="pod-checkpointer"), which exists without the agent exporting anything.
+        scrape = 'up{job="pod-checkpointer"}' in a["expr"]
+        check((used or scrape) and used <= METRICS, f"{n} uses only exported metrics or the scrape's up: {sorted(used)}")
         if src:
             missing = [m for m in used if m not in src]
             check(not missing, f"{n}: the agent's source names its metrics {sorted(used)}")
@@ -355,6 +489,26 @@ def scenario_values_documented(values_file):
     check(not undocumented, f"every key in values.yaml has a comment above it {undocumented or ''}")
 
 
+def scenario_doc_links(root, *files):
+    """Every Markdown link of the given files points into the repository at something that
+    exists: no web addresses, no absolute paths, nothing above the repository root."""
+    root = pathlib.Path(root).resolve()
+    for name in files:
+        path = pathlib.Path(name).resolve()
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        links = re.findall(r"\]\(([^)\s]+)\)", text)
+        bad = []
+        for link in links:
+            target = link.split("#", 1)[0]
+            if not target:
+                continue
+            resolved = (path.parent / target).resolve()
+            if re.match(r"^[a-z]+:", target) or target.startswith("/") or \
+                    root not in resolved.parents or not resolved.exists():
+                bad.append(link)
+        check(not bad, f"{path.relative_to(root)}: {len(links)} links, all to files in the repository {bad or ''}")
+
+
 def main():
     scenario, *rest = sys.argv[1:]
     fn = {
@@ -362,9 +516,13 @@ def main():
         "non-default": scenario_non_default,
         "rbac-only": scenario_rbac_only,
         "service-monitor-only": scenario_service_monitor_only,
+        "token-allow-list": scenario_token_allow_list,
+        "placement": scenario_placement,
+        "admission-policy": scenario_admission_policy,
         "no-self-checkpoint": scenario_no_self_checkpoint,
         "alerts": scenario_alerts,
         "values-documented": scenario_values_documented,
+        "doc-links": scenario_doc_links,
     }[scenario]
     fn(*rest)
     print(f"# {scenario}: {PASSED} passed, {FAILED} failed")

@@ -114,9 +114,62 @@ else
 fi
 if template --set checkpointSelf=false >"$WORK/noself.yaml" 2>"$WORK/err"; then
   assert no-self-checkpoint "$WORK/noself.yaml"
+  # Without its own checkpoint the agent needs no token at all (issue 12.1).
+  assert token-allow-list "$WORK/noself.yaml" "$NAMESPACE"
 else
   fail "helm template (checkpointSelf=false)"; sed 's/^/    /' "$WORK/err"
 fi
+echo "# token scoping (issue 12.1)"
+if template --set 'rbac.tokenServiceAccounts={kube-system/default,pod-checkpointer/extra,kube-system/default}' \
+    >"$WORK/tokens.yaml" 2>"$WORK/err"; then
+  assert token-allow-list "$WORK/tokens.yaml" "$NAMESPACE" kube-system/default pod-checkpointer/extra \
+    "pod-checkpointer/$RELEASE-pod-checkpointer"
+else
+  fail "helm template (rbac.tokenServiceAccounts)"; sed 's/^/    /' "$WORK/err"
+fi
+if template --set 'rbac.tokenServiceAccounts={team-a/deployer}' --set allNamespaces=true >"$WORK/tokens-all.yaml" 2>"$WORK/err"; then
+  assert token-allow-list "$WORK/tokens-all.yaml" "$NAMESPACE" team-a/deployer "pod-checkpointer/$RELEASE-pod-checkpointer"
+else
+  fail "helm template (rbac.tokenServiceAccounts with allNamespaces)"; sed 's/^/    /' "$WORK/err"
+fi
+rejects "template refuses a token account in a namespace the agent does not watch" \
+  "rbac.tokenServiceAccounts: team-a/deployer is in namespace team-a, which is not watched" \
+  template --set 'rbac.tokenServiceAccounts={team-a/deployer}'
+rejects "schema refuses a token account without its namespace" "tokenServiceAccounts" \
+  template --set 'rbac.tokenServiceAccounts={default}'
+
+echo "# placement (issue 12.10)"
+if template --set controlPlaneOnly=false >"$WORK/anywhere.yaml" 2>"$WORK/err"; then
+  assert placement "$WORK/anywhere.yaml" false
+else
+  fail "helm template (controlPlaneOnly=false)"; sed 's/^/    /' "$WORK/err"
+fi
+if template --set hostPaths.manifestDirType=DirectoryOrCreate >"$WORK/create.yaml" 2>"$WORK/err" &&
+   grep -A2 'path: /etc/kubernetes/manifests$' "$WORK/create.yaml" | grep -q 'type: DirectoryOrCreate'; then
+  pass "hostPaths.manifestDirType=DirectoryOrCreate mounts the static pod directory with that type"
+else
+  fail "hostPaths.manifestDirType=DirectoryOrCreate"; sed 's/^/    /' "$WORK/err"
+fi
+rejects "schema refuses another hostPath type for the static pod directory" "manifestDirType" \
+  template --set hostPaths.manifestDirType=File
+
+echo "# admission policy for the checkpoint annotation (issue 12.2)"
+if template --set admissionPolicy.enabled=true >"$WORK/vap.yaml" 2>"$WORK/err"; then
+  assert admission-policy "$WORK/vap.yaml" kube-system "$NAMESPACE"
+else
+  fail "helm template (admissionPolicy.enabled)"; sed 's/^/    /' "$WORK/err"
+fi
+if template --set admissionPolicy.enabled=true --set 'admissionPolicy.namespaces={apps}' \
+    --set 'admissionPolicy.serviceAccounts={team-a/deployer}' >"$WORK/vap2.yaml" 2>"$WORK/err"; then
+  assert admission-policy "$WORK/vap2.yaml" apps "$NAMESPACE" -- team-a/deployer
+else
+  fail "helm template (admissionPolicy namespaces and serviceAccounts)"; sed 's/^/    /' "$WORK/err"
+fi
+rejects "admissionPolicy.enabled on Kubernetes 1.29 is refused" "admissionPolicy.enabled needs Kubernetes 1.30" \
+  "$HELM" template "$RELEASE" "$CHART" --kube-version 1.29.9 --set admissionPolicy.enabled=true
+rejects "schema refuses an unknown validation action" "validationActions" \
+  template --set admissionPolicy.enabled=true --set 'admissionPolicy.validationActions={Block}'
+
 run "renders with the CRI disabled (cri.socketPath empty) and the kubelet as the node source" \
   template --set cri.socketPath= --set kubelet.enabled=true
 if template --set allNamespaces=true >"$WORK/all-ns.yaml" 2>"$WORK/err" &&
@@ -238,6 +291,9 @@ PY
 else
   echo "# skipped: no pod-checkpointer binary (cargo build, or set POD_CHECKPOINTER_BIN)"
 fi
+
+echo "# docs"
+assert doc-links "$ROOT" "$ROOT/README.md" "$ROOT"/docs/*.md
 
 echo "# alerts"
 run "promtool check rules files/alerts.yaml" "$PROMTOOL" check rules "$CHART/files/alerts.yaml"

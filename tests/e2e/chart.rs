@@ -413,6 +413,9 @@ impl<'a> Release<'a> {
             "logFormat": "json",
             "logLevel": "info,pod_checkpointer=debug",
             "cri": {"socketPath": socket},
+            // The parents of these scenarios run as their namespace's default account and get
+            // its token (the chart allows tokens only for listed accounts).
+            "rbac": {"tokenServiceAccounts": [format!("{}/default", ns.name)]},
             "hostPaths": {
                 "inactiveManifestDir": format!("{node_root}/inactive-manifests"),
                 "secretDir": format!("{node_root}/checkpoint-secrets"),
@@ -437,6 +440,20 @@ impl<'a> Release<'a> {
             logs: PodLogs::new(node, &ns.name),
             last_leftovers: Mutex::new(Vec::new()),
         };
+        // The chart runs on control-plane nodes only (controlPlaneOnly); this node is the
+        // cluster's control plane, labelled as kubeadm would.
+        kubectl(
+            node,
+            &[
+                "label",
+                "node",
+                &node.name,
+                "node-role.kubernetes.io/control-plane=",
+                "--overwrite",
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("labelling the node: {e}"));
         let started = Instant::now();
         let chart = chart_dir();
         let out = helm(
@@ -1016,6 +1033,8 @@ impl ChartIdentity {
                 "1.34.4",
                 "--set",
                 &format!("namespaces={{{ns}}}"),
+                "--set",
+                &format!("rbac.tokenServiceAccounts={{{ns}/default}}"),
                 "--show-only",
                 "templates/rbac.yaml",
                 "--show-only",

@@ -186,6 +186,9 @@ sh_install_agent() {
   "extraArgs": []
 }
 EOF
+  # The chart runs on control-plane nodes only (controlPlaneOnly): this node is one, labelled as
+  # kubeadm would.
+  kc label node "$NODE_NAME" node-role.kubernetes.io/control-plane= --overwrite >/dev/null
   local helm_bin; helm_bin=$(bin_tool helm)
   "$helm_bin" --kubeconfig "$NODE_DIR/admin.kubeconfig" upgrade --install "$SH_AGENT_RELEASE" \
     "$HERE/../../charts/pod-checkpointer" --namespace "$SH_NS" --values "$SH_DIR/agent-values.json" \

@@ -99,15 +99,35 @@ agent uses it.
 - apiGroups: [""]
   resources: ["secrets", "configmaps"]
   verbs: ["get", "list", "watch"]
-# Projected serviceAccountToken volumes of parents: a token is requested for the parent pod
-# through the TokenRequest API, so the checkpoint keeps working API credentials.
-- apiGroups: [""]
-  resources: ["serviceaccounts/token"]
-  verbs: ["create"]
 # Events on parent pods for activate/deactivate/remove (events.k8s.io/v1; repeats are patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Service accounts the agent may request tokens for (projected serviceAccountToken volumes of
+parents, and its own): rbac.tokenServiceAccounts plus the agent's own account when it checkpoints
+itself, as JSON {"<namespace>": ["<name>", ...]} (names sorted, no duplicates). Read it back with
+fromJson. In namespaced mode an account in a namespace the agent does not watch fails the render:
+the agent never asks for it.
+*/}}
+{{- define "pod-checkpointer.tokenAccounts" -}}
+{{- $entries := .Values.rbac.tokenServiceAccounts | default list -}}
+{{- if .Values.checkpointSelf -}}
+{{- $entries = append $entries (printf "%s/%s" .Release.Namespace (include "pod-checkpointer.serviceAccountName" .)) -}}
+{{- end -}}
+{{- $watched := include "pod-checkpointer.namespaces" . | fromJsonArray -}}
+{{- $byNamespace := dict -}}
+{{- range $entries -}}
+{{- $parts := splitList "/" . -}}
+{{- $ns := index $parts 0 -}}
+{{- if and (not $.Values.allNamespaces) (not (has $ns $watched)) -}}
+{{- fail (printf "rbac.tokenServiceAccounts: %s is in namespace %s, which is not watched (add it to namespaces, or set allNamespaces)" . $ns) -}}
+{{- end -}}
+{{- $_ := set $byNamespace $ns (append (get $byNamespace $ns | default list) (index $parts 1) | uniq | sortAlpha) -}}
+{{- end -}}
+{{- $byNamespace | toJson -}}
 {{- end }}
 
 {{- define "pod-checkpointer.selfRules" -}}
@@ -134,5 +154,35 @@ limit in milliseconds and as written). Renders nothing.
 {{- fail (printf "%s (%s) must be more than zero: the agent refuses a zero duration" .name (toString .value)) -}}
 {{- else if gt (int64 $ms) (int64 .maxMs) -}}
 {{- fail (printf "%s (%s) must be at most %s: the agent refuses longer" .name (toString .value) .max) -}}
+{{- end -}}
+{{- end }}
+
+
+{{/*
+The pod's affinity: .Values.affinity, and with controlPlaneOnly every required node selector term
+narrowed to nodes labelled node-role.kubernetes.io/control-plane (Exists: kubeadm sets the value
+"", k3s and RKE2 "true"). Terms are ORed and the expressions of a term ANDed, so the expression
+goes into each term; without a required term of the user's, it is the only term. Renders YAML, or
+nothing when there is no affinity.
+*/}}
+{{- define "pod-checkpointer.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) -}}
+{{- if .Values.controlPlaneOnly -}}
+{{- $controlPlane := dict "key" "node-role.kubernetes.io/control-plane" "operator" "Exists" -}}
+{{- $nodeAffinity := get $affinity "nodeAffinity" | default dict -}}
+{{- $required := get $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" | default dict -}}
+{{- $terms := list -}}
+{{- range (get $required "nodeSelectorTerms" | default list) -}}
+{{- $terms = append $terms (set (deepCopy .) "matchExpressions" (append (get . "matchExpressions" | default list) $controlPlane)) -}}
+{{- end -}}
+{{- if not $terms -}}
+{{- $terms = list (dict "matchExpressions" (list $controlPlane)) -}}
+{{- end -}}
+{{- $_ := set $required "nodeSelectorTerms" $terms -}}
+{{- $_ = set $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required -}}
+{{- $_ = set $affinity "nodeAffinity" $nodeAffinity -}}
+{{- end -}}
+{{- if $affinity -}}
+{{- toYaml $affinity -}}
 {{- end -}}
 {{- end }}
