@@ -72,6 +72,7 @@ METRICS = {
     "deactivations_total", "removals_total", "api_reachable", "runtime_poll_errors_total",
     "kubelet_poll_errors_total", "reconcile_duration_seconds", "last_sync_timestamp_seconds",
     "refused_pods", "api_errors_total", "write_errors_total", "lock_held", "build_info",
+    "fallbacks_total", "disk_readable", "own_copy_running",
 }
 
 CHECKPOINT_ANNOTATION = "checkpointer.alpha.coreos.com/checkpoint"
@@ -449,7 +450,8 @@ def scenario_alerts(chart_dir, test_file, src_dir=None):
                 "PodCheckpointerPodRefused", "PodCheckpointerWriteErrors",
                 # Issue 12.13: alerts that do not depend on the agent exporting anything.
                 "PodCheckpointerAgentDown", "PodCheckpointerAgentAbsent",
-                "PodCheckpointerControlPlaneNodeUnprotected", "PodCheckpointerRuntimePollStale"]
+                "PodCheckpointerControlPlaneNodeUnprotected", "PodCheckpointerRuntimePollStale",
+                "PodCheckpointerStaticCopyNotRunning"]
     check(sorted(names) == sorted(expected), f"alerts are exactly {expected}: {sorted(names)}")
     src = ""
     if src_dir:
