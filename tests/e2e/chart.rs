@@ -41,12 +41,12 @@ fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn chart_dir() -> PathBuf {
+pub(crate) fn chart_dir() -> PathBuf {
     repo_path("charts/pod-checkpointer")
 }
 
 /// A tool from `$NODE_BIN` (helm, kubectl), or from `PATH`.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     std::env::var_os("NODE_BIN")
         .map(|d| PathBuf::from(d).join(name))
         .filter(|p| p.exists())
@@ -87,14 +87,14 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Str
     }
 }
 
-fn helm(node: &Node, args: &[&str]) -> Result<String, String> {
+pub(crate) fn helm(node: &Node, args: &[&str]) -> Result<String, String> {
     let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
     let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
     all.extend_from_slice(args);
     run(&tool("helm"), &all, None)
 }
 
-fn kubectl(node: &Node, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+pub(crate) fn kubectl(node: &Node, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
     let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
     all.extend_from_slice(args);

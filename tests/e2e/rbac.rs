@@ -6,66 +6,14 @@
 //! Everything goes through `helm template` (the chart is the one source of truth) and `kubectl`
 //! child processes, so no kube client is driven from a `Drop`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::chart::{chart_dir, helm, kubectl, tool};
 use crate::harness::{Node, holds_for, wait_for};
 
 const SHORT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(120);
-
-fn chart_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/pod-checkpointer")
-}
-
-/// A tool from `$NODE_BIN` (helm, kubectl), or from `PATH`.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("NODE_BIN")
-        .map(|d| PathBuf::from(d).join(name))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// Runs `program --kubeconfig <admin> args...` with `stdin`; its stdout, or everything it printed.
-fn run(node: &Node, program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .arg("--kubeconfig")
-        .arg(&node.kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", program.display()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| format!("writing to {}: {e}", program.display()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{} {args:?} failed ({}):\n{stdout}\n{}",
-            program.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn kubectl(node: &Node, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    run(node, &tool("kubectl"), args, stdin)
-}
 
 /// `helm template <release> <chart> --namespace <ns>` for Kubernetes 1.34 with `args`.
 fn template(node: &Node, release: &str, ns: &str, args: &[&str]) -> String {
@@ -81,7 +29,7 @@ fn template(node: &Node, release: &str, ns: &str, args: &[&str]) -> String {
         "1.34.4",
     ];
     all.extend_from_slice(args);
-    run(node, &tool("helm"), &all, None).unwrap_or_else(|e| panic!("helm template: {e}"))
+    helm(node, &all).unwrap_or_else(|e| panic!("helm template: {e}"))
 }
 
 /// Cluster objects of one scenario (namespaces, policies), deleted with `kubectl` when it ends.
