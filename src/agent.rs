@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
-use crate::config::{AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, PathArgs};
+use crate::admin::{self, Health};
+use crate::config::{AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, PathArgs};
 use crate::cri::CriClient;
-use crate::lock::InstanceLock;
+use crate::lock::{self, Holder, InstanceLock, Standby};
 use crate::metrics::Metrics;
 use crate::poller::{self, NodeSources, NodeView, SharedNodeView};
 use crate::reconciler::{ApiSide, Pass, Reconciler, Settings};
@@ -51,18 +51,32 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let node_name = identity.node_name()?;
     let sources = node_sources(&cri, &kubelet)?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let health = Health::new(timing.stall_after());
     let stop_requested = stop_signal()?;
-    let mut tasks = Tasks::start_admin(&admin, &metrics, &health);
 
     let lock_path = lock.path(&paths);
-    let Some(_lock) =
-        wait_for_lock(&lock_path, timing.poll_interval, &health, &stop_requested).await?
-    else {
-        return tasks.stop().await;
+    let standby = Standby::new(&lock_path, timing.stall_after());
+    let waited = wait_for_lock(&lock_path, timing.poll_interval, &standby, &stop_requested).await;
+    standby.clear();
+    let Some(lock) = waited? else {
+        return Ok(());
     };
     metrics.lock_held.set(1);
     tracing::info!(lock = %lock_path.display(), node = %node_name, "holding the node lock");
+    lock::sweep_stale_standby(&lock_path);
+
+    // The port only now, under the lock: whoever serves it is the copy that works (issue 12.4).
+    let health = Health::new(timing.stall_after());
+    let listener = match admin.bind().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, action = "admin_bind_failed", "cannot serve the admin port; stopping");
+            return Err(e).context("admin server");
+        }
+    };
+    let served = listener.local_addr().context("admin server address")?;
+    lock.record(&Holder::me(Some(admin::local_address(served).to_string())))
+        .with_context(|| format!("recording the holder in {}", lock_path.display()))?;
+    let mut tasks = Tasks::start_admin(listener, &metrics, &health);
 
     let store = open_store(&paths)?;
     let me = identity.me(&node_name);
@@ -76,6 +90,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         timing.poll_interval,
         &trigger,
         &metrics,
+        &health,
         &mut tasks,
     );
 
@@ -88,9 +103,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let reconciler = Reconciler::new(settings, store, metrics, node.view, node.runtime, api);
     let mut passes = Passes::new(reconciler, health, trigger);
-    passes.until(&stop_requested).await;
-    passes.drain().await;
-    tasks.stop().await
+    let outcome = passes.until(&stop_requested, &mut tasks).await;
+    if outcome.is_ok() {
+        passes.drain().await;
+    }
+    let stopped = tasks.stop().await;
+    drop(lock);
+    outcome.and(stopped)
 }
 
 /// SIGTERM or SIGINT, noticed by one task for the agent's whole life. The lock wait and the
@@ -111,14 +130,16 @@ fn stop_signal() -> anyhow::Result<CancellationToken> {
 }
 
 /// Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock. The
-/// other stands by, alive and ready, so the kubelet neither restarts it nor holds a rollout.
+/// other stands by without the admin port, beating its standby heartbeat file so that its exec
+/// probe finds it alive and ready: the kubelet neither restarts it nor holds a rollout.
 /// `None` when asked to stop before the lock came.
 async fn wait_for_lock(
     path: &Path,
     poll_interval: Duration,
-    health: &Health,
+    standby: &Standby,
     stop_requested: &CancellationToken,
 ) -> anyhow::Result<Option<InstanceLock>> {
+    let mut beat_failed = false;
     let mut waiting_logged = false;
     loop {
         if let Some(lock) = InstanceLock::try_acquire(path)
@@ -130,8 +151,14 @@ async fn wait_for_lock(
             tracing::info!(lock = %path.display(), action = "standby", "another copy of the agent holds the node lock; standing by");
             waiting_logged = true;
         }
-        health.beat();
-        health.set_ready();
+        match standby.beat() {
+            Ok(()) => beat_failed = false,
+            Err(e) if !beat_failed => {
+                beat_failed = true;
+                tracing::warn!(error = %e, "cannot write the standby heartbeat; this copy's probe will fail");
+            }
+            Err(_) => {}
+        }
         tokio::select! {
             _ = stop_requested.cancelled() => return Ok(None),
             _ = tokio::time::sleep(poll_interval) => {}
@@ -219,19 +246,68 @@ fn start_node_side(
     poll_interval: Duration,
     trigger: &Trigger,
     metrics: &Metrics,
+    health: &Arc<Health>,
     tasks: &mut Tasks,
 ) -> NodeSide {
     let view = Arc::new(Mutex::new(NodeView::default()));
     let runtime = sources.cri.clone();
-    tasks.poller = Some(tokio::spawn(poller::run(
+    let poller = Poller {
         sources,
         poll_interval,
-        view.clone(),
-        trigger.clone(),
-        metrics.clone(),
-        tasks.stop.clone(),
-    )));
+        view: view.clone(),
+        trigger: trigger.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    tasks.poller = Some(poller.spawn(tasks.stop.clone()));
+    tasks.poller_spec = Some(poller);
     NodeSide { view, runtime }
+}
+
+/// What it takes to (re)start the poller, kept so a poller that died can be started again.
+struct Poller {
+    sources: NodeSources,
+    poll_interval: Duration,
+    view: SharedNodeView,
+    trigger: Trigger,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+impl Poller {
+    fn spawn(&self, stop: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(poller::run(
+            self.sources.clone(),
+            self.poll_interval,
+            self.view.clone(),
+            self.trigger.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            stop,
+        ))
+    }
+
+    /// A poller that ended before the agent stopped (a panic) is a frozen node view: the view
+    /// becomes unknown at once (nothing is activated or deactivated on a stale answer), the
+    /// death is logged, and a new poller starts.
+    fn restart(
+        &self,
+        ended: Result<(), tokio::task::JoinError>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        if let Ok(mut view) = self.view.lock() {
+            *view = NodeView::default();
+        }
+        self.trigger.notify_one();
+        let panicked = ended.as_ref().err().is_some_and(|e| e.is_panic());
+        tracing::error!(
+            action = "restart",
+            component = "poller",
+            panicked,
+            "the node poller stopped: the node view is unknown until a new poller answers; restarting it"
+        );
+        self.spawn(stop)
+    }
 }
 
 /// The reconcile loop: passes back to back while they act, otherwise when triggered (a watch or
@@ -255,15 +331,36 @@ impl Passes {
     }
 
     /// Passes until a stop is requested. A pass always runs to completion: stopping between
-    /// passes never leaves a write half done.
-    async fn until(&mut self, stop_requested: &CancellationToken) {
+    /// passes never leaves a write half done. Watches over the agent's tasks meanwhile (issue
+    /// 11.5): a poller that ends is restarted (its view unknown meanwhile); an admin server that
+    /// ends is an error at once, not at shutdown, since without it nothing probes or scrapes this
+    /// copy: the agent stops, the lock goes to the other copy and the kubelet restarts this one.
+    async fn until(
+        &mut self,
+        stop_requested: &CancellationToken,
+        tasks: &mut Tasks,
+    ) -> anyhow::Result<()> {
         loop {
             let pass = self.pass().await;
             let wait = self.pace(&pass).unwrap_or_else(|| until_due(&pass));
             tokio::select! {
-                _ = stop_requested.cancelled() => return,
+                _ = stop_requested.cancelled() => return Ok(()),
                 _ = self.trigger.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                ended = &mut tasks.admin => {
+                    let e = match ended {
+                        Ok(Ok(())) => anyhow::anyhow!("admin server stopped"),
+                        Ok(Err(e)) => anyhow::Error::new(e).context("admin server"),
+                        Err(e) => anyhow::Error::new(e).context("admin server task"),
+                    };
+                    tracing::error!(action = "shutdown", component = "admin", error = format!("{e:#}"), "the admin server stopped: stopping, so the other copy or a restart takes over");
+                    return Err(e);
+                }
+                ended = async { match tasks.poller.as_mut() { Some(p) => p.await, None => std::future::pending().await } } => {
+                    if let Some(spec) = &tasks.poller_spec {
+                        tasks.poller = Some(spec.restart(ended, tasks.stop.clone()));
+                    }
+                }
             }
         }
     }
@@ -326,17 +423,30 @@ struct Tasks {
     stop: CancellationToken,
     admin: JoinHandle<std::io::Result<()>>,
     poller: Option<JoinHandle<()>>,
+    /// How to start the poller again should it die.
+    poller_spec: Option<Poller>,
 }
 
 impl Tasks {
-    /// The admin server comes first, so `/healthz` answers while the agent stands by.
-    fn start_admin(admin: &AdminArgs, metrics: &Metrics, health: &Arc<Health>) -> Self {
+    /// The admin server on the port bound under the lock.
+    fn start_admin(
+        listener: tokio::net::TcpListener,
+        metrics: &Metrics,
+        health: &Arc<Health>,
+    ) -> Self {
         let stop = CancellationToken::new();
-        let admin = tokio::spawn(admin.server(metrics.clone(), health.clone(), stop.clone()));
+        let admin = tokio::spawn({
+            let (metrics, health, stop) = (metrics.clone(), health.clone(), stop.clone());
+            async move {
+                admin::serve_listener(listener, metrics, health, stop).await;
+                Ok(())
+            }
+        });
         Self {
             stop,
             admin,
             poller: None,
+            poller_spec: None,
         }
     }
 
@@ -351,6 +461,10 @@ impl Tasks {
             poller.abort();
         }
         self.stop.cancel();
+        if self.admin.is_finished() {
+            // Already reported by the pass loop.
+            return Ok(());
+        }
         match self.admin.await {
             Ok(Err(e)) => Err(e).context("admin server"),
             _ => Ok(()),

@@ -2,23 +2,19 @@
 //! the wiring in [`crate::agent`] never reads a flag itself and a flag lives next to the code
 //! that turns it into something.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     PathArgs, parse_long_duration, parse_namespace, parse_path, parse_poll_interval, parse_text,
 };
-use crate::admin::{self, Health};
+use crate::admin;
 use crate::cri::CriClient;
 use crate::kubelet::{KubeletClient, KubeletConfig};
-use crate::metrics::Metrics;
 use crate::model::PodKey;
 use crate::store::{StateFile, Store};
 use crate::telemetry::{self, LogFormat};
@@ -318,24 +314,27 @@ impl TimingArgs {
     }
 }
 
-/// The admin server operators and the kubelet's probes talk to.
+/// The admin server operators scrape and the exec probe asks. Bound only by the copy holding the
+/// node lock.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Admin server")]
 pub struct AdminArgs {
-    /// Address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9808", allow_hyphen_values = true)]
+    /// Address of the admin server (/metrics, /healthz, /readyz). `[::]` listens on every IPv6
+    /// and IPv4 address (dual-stack; IPv4 only where IPv6 is off); `127.0.0.1:PORT` keeps
+    /// /metrics on loopback for a proxy in front (the exec probes still reach it). Bound only
+    /// while this copy holds the node lock.
+    // Port 10266: not 9808, the CSI livenessprobe's default (issue 12.5); outside the Prometheus
+    // exporters' range 9100-9999 (all allocated) and the Kubernetes components' 10248-10260
+    // (kubelet, kube-proxy, controller managers, scheduler; ingress-nginx uses 10254); not in the
+    // IANA registry, and below the Linux ephemeral range.
+    #[arg(long, default_value = "[::]:10266", allow_hyphen_values = true)]
     pub admin_addr: SocketAddr,
 }
 
 impl AdminArgs {
-    /// The admin server on `--admin-addr`, serving until `shutdown` fires.
-    pub fn server(
-        &self,
-        metrics: Metrics,
-        health: Arc<Health>,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        admin::serve(self.admin_addr, metrics, health, shutdown)
+    /// The admin listener on `--admin-addr`; a port held by another program is an error.
+    pub async fn bind(&self) -> std::io::Result<tokio::net::TcpListener> {
+        admin::bind(self.admin_addr).await
     }
 }
 

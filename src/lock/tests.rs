@@ -41,8 +41,9 @@ fn lock_file_is_0600_and_names_the_holder() {
 
     let meta = fs::metadata(&path).expect("stat");
     assert_eq!(meta.mode() & 0o7777, 0o600);
-    let content = fs::read_to_string(&path).expect("read");
-    assert_eq!(content, format!("{}\n", std::process::id()));
+    let holder = Holder::read(&path).expect("a holder record");
+    assert_eq!(holder.pid, std::process::id());
+    assert_eq!(holder.instance, Identity::current().as_str());
 }
 
 #[test]
