@@ -23,6 +23,9 @@ use crate::telemetry::{self, LogFormat};
 /// the poller past a few intervals.
 const NODE_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a TCP and TLS connect to the API server may take.
+const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Flags of the node agent.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -159,6 +162,11 @@ impl ApiArgs {
             }
             None => in_cluster(store)?,
         };
+        let mut config = config;
+        // A connection attempt to a dead API server fails in seconds, not kube's 30 s: a watch
+        // retrying through an outage keeps its 5 s backoff meaningful. (Reads have no client
+        // timeout: the watches bound their own, see `watch::WATCH_TIMEOUT_SECS`.)
+        config.connect_timeout = Some(API_CONNECT_TIMEOUT);
         kube::Client::try_from(config).context("building the API client")
     }
 }

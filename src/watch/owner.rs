@@ -46,7 +46,9 @@ impl OwnerWatch {
             }
             trigger.notify_one();
             let api: Api<DaemonSet> = Api::namespaced(client, &namespace);
-            let cfg = watcher::Config::default().fields(&format!("metadata.name={owner}"));
+            let cfg = watcher::Config::default()
+                .fields(&format!("metadata.name={owner}"))
+                .timeout(super::WATCH_TIMEOUT_SECS);
             let mut events = std::pin::pin!(kube::runtime::watcher(api, cfg).default_backoff());
             let mut seen = false;
             while let Some(event) = events.next().await {

@@ -32,7 +32,9 @@ impl PodWatch {
         trigger: Trigger,
         metrics: Metrics,
     ) -> Self {
-        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        let cfg = watcher::Config::default()
+            .fields(&format!("spec.nodeName={node_name}"))
+            .timeout(super::WATCH_TIMEOUT_SECS);
         let apis: Vec<(String, Api<Pod>)> = if namespaces.is_empty() {
             vec![("*".to_string(), Api::all(client.clone()))]
         } else {
@@ -93,6 +95,11 @@ async fn follow_pods(
     trigger: Trigger,
     metrics: Metrics,
 ) {
+    let _down_when_gone = DownWhenGone {
+        up: up.clone(),
+        scope: scope.clone(),
+        trigger: trigger.clone(),
+    };
     let mut events = std::pin::pin!(events);
     // Whether the last thing logged was a failure, so each transition is logged once.
     let mut down_logged = false;
@@ -123,5 +130,52 @@ async fn follow_pods(
             }
         }
         trigger.notify_one();
+    }
+    tracing::error!(scope = %scope, action = "api_unreachable", component = "pod_watch", "pod watch stream ended: the API view is unknown from now on (nothing is removed)");
+}
+
+/// Marks a pod watch down when its task ends, returns or panics alike (issue 11.5): its store is
+/// frozen from then on, and a frozen list must read as "unknown", never as the pods bound here.
+/// A panic is logged here; a stream that ended, by [`follow_pods`]; an abort (the agent stopping)
+/// is not an error.
+struct DownWhenGone {
+    up: Arc<AtomicBool>,
+    scope: String,
+    trigger: Trigger,
+}
+
+impl Drop for DownWhenGone {
+    fn drop(&mut self) {
+        self.up.store(false, Ordering::Relaxed);
+        self.trigger.notify_one();
+        if std::thread::panicking() {
+            tracing::error!(scope = %self.scope, action = "api_unreachable", component = "pod_watch", "pod watch panicked: the API view is unknown from now on (nothing is removed)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11.5: a pod watch whose task ends (or panics) leaves a frozen store behind; it must
+    /// not stay reported live.
+    #[tokio::test]
+    async fn a_pod_watch_that_ends_is_not_reported_live() {
+        let up = Arc::new(AtomicBool::new(false));
+        let events = futures::stream::iter(vec![Ok::<_, watcher::Error>(Event::<Pod>::InitDone)]);
+        let metrics = Metrics::new().expect("metrics");
+        follow_pods(
+            events,
+            "*".into(),
+            up.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            metrics,
+        )
+        .await;
+        assert!(
+            !up.load(Ordering::Relaxed),
+            "a watch that ended is not connected"
+        );
     }
 }
