@@ -34,39 +34,92 @@ const DRAIN: Duration = Duration::from_secs(20);
 /// While draining, passes that did nothing are retried this soon: the node is being emptied.
 const DRAIN_RETRY: Duration = Duration::from_millis(200);
 
-/// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration; an
-/// unreachable API server or runtime is a state to live with, not a reason to exit.
+/// Runs the agent until SIGTERM or SIGINT. Returns an error only for bad configuration or a
+/// foreign program on the admin port; an unreachable API server or runtime is a state to live
+/// with, not a reason to exit.
+///
+/// A copy whose own credentials the API server keeps refusing hands the lock over and stands by
+/// (issue 12.8), then competes for the lock again like any standby.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let AgentArgs {
-        identity,
-        api,
-        cri,
-        kubelet,
-        timing,
-        admin,
-        log: _,
-        lock,
-        paths,
-    } = args;
-    let node_name = identity.node_name()?;
-    let sources = node_sources(&cri, &kubelet)?;
+    let node_name = args.identity.node_name()?;
+    let sources = node_sources(&args.cri, &args.kubelet)?;
     let metrics = Metrics::new().context("registering metrics")?;
     let stop_requested = stop_signal()?;
+    let lock_path = args.lock.path(&args.paths);
+    let standby = Standby::new(&lock_path, args.timing.stall_after());
+    let mut not_before = Instant::now();
+    loop {
+        let waited = wait_for_lock(
+            &lock_path,
+            args.timing.poll_interval,
+            &standby,
+            &stop_requested,
+            not_before,
+        )
+        .await;
+        standby.clear();
+        let Some(lock) = waited? else {
+            return Ok(());
+        };
+        let held = hold(
+            &args,
+            lock,
+            &node_name,
+            sources.clone(),
+            &metrics,
+            &stop_requested,
+        )
+        .await?;
+        match held {
+            Held::Stopped => return Ok(()),
+            Held::HandedOver => {
+                not_before = Instant::now() + handover_pause(args.timing.poll_interval);
+            }
+        }
+    }
+}
 
-    let lock_path = lock.path(&paths);
-    let standby = Standby::new(&lock_path, timing.stall_after());
-    let waited = wait_for_lock(&lock_path, timing.poll_interval, &standby, &stop_requested).await;
-    standby.clear();
-    let Some(lock) = waited? else {
-        return Ok(());
-    };
+/// How a spell of holding the lock ended.
+enum Held {
+    /// Asked to stop (SIGTERM): the agent exits.
+    Stopped,
+    /// The API server refused this copy's credentials for too long: the lock was released.
+    HandedOver,
+}
+
+/// How long a copy that handed the lock over leaves it to the other copy before competing for it
+/// again: several of the other copy's polls, so it gets the lock first if it is there at all.
+fn handover_pause(poll_interval: Duration) -> Duration {
+    poll_interval.saturating_mul(3).max(HANDOVER_PAUSE_MIN)
+}
+
+/// The least [`handover_pause`].
+const HANDOVER_PAUSE_MIN: Duration = Duration::from_secs(30);
+
+/// How long `Events` still being sent may delay the exit (issue 11.7): an uninstall's Events are
+/// sent in the background and would otherwise die with the process.
+const EVENTS_FLUSH: Duration = Duration::from_secs(3);
+
+/// Works while holding the lock: binds the admin port, starts the node side and the API side,
+/// and runs passes until a stop request or a hand-over. Everything started here stops before the
+/// lock is released, the admin port first, so the port is never served by a copy without it.
+async fn hold(
+    args: &AgentArgs,
+    lock: InstanceLock,
+    node_name: &str,
+    sources: NodeSources,
+    metrics: &Metrics,
+    stop_requested: &CancellationToken,
+) -> anyhow::Result<Held> {
+    let (timing, paths) = (&args.timing, &args.paths);
+    let lock_path = lock.path().to_owned();
     metrics.lock_held.set(1);
     tracing::info!(lock = %lock_path.display(), node = %node_name, "holding the node lock");
     lock::sweep_stale_standby(&lock_path);
 
     // The port only now, under the lock: whoever serves it is the copy that works (issue 12.4).
     let health = Health::new(timing.stall_after());
-    let listener = match admin.bind().await {
+    let listener = match args.admin.bind().await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, action = "admin_bind_failed", "cannot serve the admin port; stopping");
@@ -76,40 +129,66 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let served = listener.local_addr().context("admin server address")?;
     lock.record(&Holder::me(Some(admin::local_address(served).to_string())))
         .with_context(|| format!("recording the holder in {}", lock_path.display()))?;
-    let mut tasks = Tasks::start_admin(listener, &metrics, &health);
+    let mut tasks = Tasks::start_admin(listener, metrics, &health);
 
-    let store = open_store(&paths)?;
-    let me = identity.me(&node_name);
+    let store = open_store(paths)?;
+    let me = args.identity.me(node_name);
     if me.is_none() {
         tracing::warn!("POD_NAME/POD_NAMESPACE not set: the agent will not checkpoint itself");
     }
     let trigger: Trigger = Arc::new(Notify::new());
-    let api = start_api_side(&api, &store, &identity, &node_name, &trigger, &metrics).await;
+    let api = ApiStarter {
+        args: args.api.clone(),
+        store: Store::new(paths.layout()),
+        identity: args.identity.clone(),
+        node_name: node_name.to_string(),
+        trigger: trigger.clone(),
+        metrics: metrics.clone(),
+    }
+    .spawn();
     let node = start_node_side(
         sources,
         timing.poll_interval,
         &trigger,
-        &metrics,
+        metrics,
         &health,
         &mut tasks,
     );
 
     let settings = Settings {
-        node_name,
+        node_name: node_name.to_string(),
         me,
         grace: timing.grace_period,
-        namespaces: identity.namespaces,
+        namespaces: args.identity.namespaces.clone(),
         fallback_timeout: timing.fallback_timeout,
     };
-    let reconciler = Reconciler::new(settings, store, metrics, node.view, node.runtime, api);
-    let mut passes = Passes::new(reconciler, health, trigger);
-    let outcome = passes.until(&stop_requested, &mut tasks).await;
-    if outcome.is_ok() {
+    let reconciler = Reconciler::new(
+        settings,
+        store,
+        metrics.clone(),
+        node.view,
+        node.runtime,
+        None,
+    );
+    let mut passes = Passes::new(reconciler, health, trigger, metrics.clone());
+    passes.api = Some(api);
+    passes.unauthorized.after = args.api.api_unauthorized_handover;
+    let outcome = passes.until(stop_requested, &mut tasks).await;
+    if matches!(outcome, Ok(Until::Stop)) {
         passes.drain().await;
+        passes.flush_events().await;
     }
     let stopped = tasks.stop().await;
+    drop(passes);
+    metrics.lock_held.set(0);
     drop(lock);
-    outcome.and(stopped)
+    match outcome? {
+        Until::Stop => stopped.map(|()| Held::Stopped),
+        Until::HandOver => {
+            tracing::warn!(lock = %lock_path.display(), action = "handover", "the API server has refused this copy's credentials for too long: released the node lock and the admin port to the other copy; standing by");
+            Ok(Held::HandedOver)
+        }
+    }
 }
 
 /// SIGTERM or SIGINT, noticed by one task for the agent's whole life. The lock wait and the
@@ -132,18 +211,21 @@ fn stop_signal() -> anyhow::Result<CancellationToken> {
 /// Only one copy works: the DaemonSet pod or its static copy, whichever holds the lock. The
 /// other stands by without the admin port, beating its standby heartbeat file so that its exec
 /// probe finds it alive and ready: the kubelet neither restarts it nor holds a rollout.
-/// `None` when asked to stop before the lock came.
+/// `None` when asked to stop before the lock came. The lock is not tried before `not_before` (a
+/// copy that has just handed it over leaves it to the other).
 async fn wait_for_lock(
     path: &Path,
     poll_interval: Duration,
     standby: &Standby,
     stop_requested: &CancellationToken,
+    not_before: Instant,
 ) -> anyhow::Result<Option<InstanceLock>> {
     let mut beat_failed = false;
     let mut waiting_logged = false;
     loop {
-        if let Some(lock) = InstanceLock::try_acquire(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?
+        if Instant::now() >= not_before
+            && let Some(lock) = InstanceLock::try_acquire(path)
+                .with_context(|| format!("opening lock file {}", path.display()))?
         {
             return Ok(Some(lock));
         }
@@ -182,43 +264,85 @@ fn open_store(paths: &PathArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The watches on the API server, or `None` when there is no configuration to reach it: the
-/// agent then keeps the checkpoints it has on the node view alone. An API server that is only
-/// down is not `None`: the watches start and reconnect when it returns.
-async fn start_api_side(
-    args: &ApiArgs,
-    store: &Store,
-    identity: &IdentityArgs,
-    node_name: &str,
-    trigger: &Trigger,
-    metrics: &Metrics,
-) -> Option<ApiSide> {
-    let client = match args.client(store).await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "no API server configuration; running on the node view alone"
-            );
-            return None;
+/// Builds the API side in the background, retrying with backoff while there is no usable
+/// configuration (issue 10.7: a start-up failure used to leave the process without an API for its
+/// whole life). Meanwhile the agent runs on the node view alone. An API server that is only down
+/// is not a failure here: the watches start and reconnect when it returns.
+struct ApiStarter {
+    args: ApiArgs,
+    /// A handle on the same directories as the reconciler's store, for the remembered API address.
+    store: Store,
+    identity: IdentityArgs,
+    node_name: String,
+    trigger: Trigger,
+    metrics: Metrics,
+}
+
+/// First wait before building the API client again; doubles up to [`API_RETRY_MAX`].
+const API_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between attempts at building the API client.
+const API_RETRY_MAX: Duration = Duration::from_secs(60);
+
+impl ApiStarter {
+    /// The API side, delivered once built.
+    fn spawn(self) -> tokio::sync::oneshot::Receiver<ApiSide> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut wait = API_RETRY_FIRST;
+            let mut failures = 0_u32;
+            let client = loop {
+                match self.args.client(&self.store).await {
+                    Ok(client) => break client,
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::error!(
+                                error = format!("{e:#}"),
+                                action = "api_unreachable",
+                                "no usable API server configuration; running on the node view alone and trying again"
+                            );
+                        } else {
+                            tracing::debug!(
+                                error = format!("{e:#}"),
+                                failures,
+                                "API configuration still unusable"
+                            );
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(API_RETRY_MAX);
+                    }
+                }
+            };
+            if failures > 0 {
+                tracing::info!(failures, "API server configuration loaded");
+            }
+            let _ = tx.send(self.api_side(client));
+        });
+        rx
+    }
+
+    /// The watches on the API server.
+    fn api_side(&self, client: crate::config::ApiClients) -> ApiSide {
+        let crate::config::ApiClients { watch, request } = client;
+        let trigger = &self.trigger;
+        ApiSide {
+            pods: PodWatch::spawn(
+                &watch,
+                &self.node_name,
+                &self.identity.namespaces,
+                trigger.clone(),
+                self.metrics.clone(),
+            ),
+            objects: ObjectWatches::new(watch.clone(), trigger.clone(), self.metrics.clone()),
+            tokens: Tokens::default(),
+            events: Events::new(request.clone(), &self.node_name),
+            uninstall: self
+                .identity
+                .own_pod()
+                .map(|(ns, name)| OwnerWatch::spawn(watch.clone(), ns, name, trigger.clone())),
+            client: request,
         }
-    };
-    Some(ApiSide {
-        pods: PodWatch::spawn(
-            &client,
-            node_name,
-            &identity.namespaces,
-            trigger.clone(),
-            metrics.clone(),
-        ),
-        objects: ObjectWatches::new(client.clone(), trigger.clone(), metrics.clone()),
-        tokens: Tokens::default(),
-        events: Events::new(client.clone(), node_name),
-        uninstall: identity
-            .own_pod()
-            .map(|(ns, name)| OwnerWatch::spawn(client.clone(), ns, name, trigger.clone())),
-        client,
-    })
+    }
 }
 
 /// The runtime and the kubelet, at least one of them: without either the agent cannot tell
@@ -316,17 +440,46 @@ struct Passes {
     reconciler: Reconciler,
     health: Arc<Health>,
     trigger: Trigger,
+    metrics: Metrics,
     /// Passes in a row that acted; past `MAX_QUICK_PASSES` the loop waits as usual.
     quick: u32,
+    /// The API side while it is being built.
+    api: Option<tokio::sync::oneshot::Receiver<ApiSide>>,
+    /// The Events publisher of the API side, to flush at exit.
+    events: Option<Events>,
+    /// How long the API server has been refusing this copy's credentials.
+    unauthorized: Unauthorized,
+}
+
+/// Why [`Passes::until`] returned.
+enum Until {
+    Stop,
+    HandOver,
 }
 
 impl Passes {
-    fn new(reconciler: Reconciler, health: Arc<Health>, trigger: Trigger) -> Self {
+    fn new(
+        reconciler: Reconciler,
+        health: Arc<Health>,
+        trigger: Trigger,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             reconciler,
             health,
             trigger,
+            metrics,
             quick: 0,
+            api: None,
+            events: None,
+            unauthorized: Unauthorized::default(),
+        }
+    }
+
+    /// Waits (bounded) for the Events still being sent, an uninstall's above all.
+    async fn flush_events(&self) {
+        if let Some(events) = &self.events {
+            events.flush(EVENTS_FLUSH).await;
         }
     }
 
@@ -339,12 +492,22 @@ impl Passes {
         &mut self,
         stop_requested: &CancellationToken,
         tasks: &mut Tasks,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Until> {
         loop {
             let pass = self.pass().await;
+            if self.unauthorized.too_long(&self.metrics) {
+                return Ok(Until::HandOver);
+            }
             let wait = self.pace(&pass).unwrap_or_else(|| until_due(&pass));
             tokio::select! {
-                _ = stop_requested.cancelled() => return Ok(()),
+                _ = stop_requested.cancelled() => return Ok(Until::Stop),
+                api = async { match self.api.as_mut() { Some(rx) => rx.await, None => std::future::pending().await } } => {
+                    self.api = None;
+                    if let Ok(api) = api {
+                        self.events = Some(api.events.clone());
+                        self.reconciler.attach_api(api);
+                    }
+                }
                 _ = self.trigger.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 ended = &mut tasks.admin => {
@@ -403,6 +566,56 @@ impl Passes {
     fn pace(&mut self, pass: &Pass) -> Option<Duration> {
         self.quick = if pass.acted { self.quick + 1 } else { 0 };
         (pass.acted && self.quick <= MAX_QUICK_PASSES).then_some(Duration::ZERO)
+    }
+}
+
+/// Tracks how long the pod watch has failed with 401 (the API server refuses this copy's token)
+/// without a break, so a copy with an expired token hands the lock over instead of holding it
+/// (issue 12.8). Read from the metrics the watch already keeps, so the watch needs no new hook.
+#[derive(Debug)]
+struct Unauthorized {
+    /// `api_errors_total{resource="pods",reason="unauthorized"}` at the last look.
+    seen: u64,
+    /// The first 401 of the current run of them.
+    since: Option<Instant>,
+    /// The last new 401.
+    last: Option<Instant>,
+    /// How long a run of 401s may last before the lock is handed over.
+    after: Duration,
+}
+
+/// Without a new 401 for this long, a run of them is over (the errors changed or stopped).
+const UNAUTHORIZED_QUIET: Duration = Duration::from_secs(60);
+
+impl Default for Unauthorized {
+    fn default() -> Self {
+        Self {
+            seen: 0,
+            since: None,
+            last: None,
+            after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Unauthorized {
+    /// True once the API has refused this copy for `after` while nothing reached it.
+    fn too_long(&mut self, metrics: &Metrics) -> bool {
+        let count = metrics
+            .api_errors
+            .with_label_values(&["pods", "unauthorized"])
+            .get();
+        let now = Instant::now();
+        if metrics.api_reachable.get() == 1 {
+            self.since = None;
+        } else if count > self.seen {
+            self.since.get_or_insert(now);
+            self.last = Some(now);
+        } else if self.last.is_none_or(|at| now - at > UNAUTHORIZED_QUIET) {
+            self.since = None;
+        }
+        self.seen = count;
+        self.since.is_some_and(|since| now - since >= self.after)
     }
 }
 

@@ -697,3 +697,157 @@ fn a_foreign_program_on_the_admin_port_is_a_loud_failure_not_a_retry() {
     );
     drop(foreign);
 }
+
+/// A stand-in API server on loopback (plain HTTP) that answers every request 401, as the API
+/// server answers an expired token. Counts the connections it got.
+fn unauthorized_api() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("fake API");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn kubeconfig_for(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{url}'}}}}]\nusers: [{{name: u, user: {{token: expired}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
+    )
+}
+
+/// Issue 10.7: an API configuration that cannot be loaded at start (a kubeconfig not there yet)
+/// is tried again, so the agent is not without an API for its whole life.
+#[test]
+fn an_api_configuration_missing_at_start_is_tried_again() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = unauthorized_api();
+    let kubeconfig = dir.path().join("later/kubeconfig");
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(BIN)
+        .args(["--node-name", "n1", "--all-namespaces", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args([
+            "--admin-addr",
+            &free_addr(),
+            "--poll-interval",
+            "200ms",
+            "--root",
+        ])
+        .arg(dir.path().join("root"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || read_log()
+            .contains("kubeconfig")),
+        "the agent reports the missing configuration:\n{}",
+        read_log()
+    );
+    std::fs::create_dir_all(kubeconfig.parent().expect("dir")).expect("dir");
+    write(
+        kubeconfig.parent().expect("dir"),
+        "kubeconfig",
+        &kubeconfig_for(&url),
+    );
+    let reached = eventually(Duration::from_secs(20), || seen.load(Ordering::SeqCst) > 0);
+    let status = terminate(&mut agent);
+    assert!(
+        reached,
+        "the agent never tried the API once its configuration was there:\n{}",
+        read_log()
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+/// Issue 12.8: a copy whose own token the API server refuses (401, an expired token after a long
+/// outage) must not sit on the node lock: it hands the lock over (to the DaemonSet pod, whose
+/// token the kubelet keeps fresh) and stands by.
+#[test]
+fn a_persistent_401_hands_the_node_lock_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, _) = unauthorized_api();
+    let kubeconfig = write(dir.path(), "kubeconfig", &kubeconfig_for(&url));
+    let log = dir.path().join("agent.log");
+    let addr = free_addr();
+    let mut agent = Command::new(BIN)
+        .args(["--node-name", "n1", "--all-namespaces", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args(["--admin-addr", &addr, "--poll-interval", "200ms", "--root"])
+        .arg(dir.path().join("root"))
+        .env("API_UNAUTHORIZED_HANDOVER", "3s")
+        .env("POD_NAME", "static-copy")
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || get(&addr, "/healthz").is_some()),
+        "the agent takes the lock and serves:\n{}",
+        read_log()
+    );
+    // The other copy tries the lock as the agent does.
+    let lock_path = dir.path().join("root/var/run/lock/pod-checkpointer.lock");
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock file");
+    let took = eventually(Duration::from_secs(30), || {
+        // SAFETY: flock on a descriptor we own.
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&other),
+                libc::LOCK_EX | libc::LOCK_NB,
+            ) == 0
+        }
+    });
+    let text = read_log();
+    assert!(took, "the lock was never handed over:\n{text}");
+    assert!(text.contains("\"action\":\"handover\""), "{text}");
+    assert_eq!(
+        get(&addr, "/healthz").map(|r| r.0),
+        None,
+        "the port goes with the lock"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || probe(
+            dir.path(),
+            "static-copy",
+            "live"
+        )
+        .0),
+        "the copy that handed over stands by and passes its probe: {}",
+        probe(dir.path(), "static-copy", "live").1
+    );
+    let status = terminate(&mut agent);
+    assert!(status.success(), "{status:?}\n{}", read_log());
+}

@@ -138,7 +138,32 @@ pub struct ApiArgs {
     /// Kubeconfig to reach the API server; the in-cluster service account when absent.
     #[arg(long, env = "KUBECONFIG", allow_hyphen_values = true, value_parser = parse_path)]
     pub kubeconfig: Option<PathBuf>,
+    /// How long the API server may refuse this copy's credentials (401 on every watch, e.g. the
+    /// static copy's token expired during a long outage) before it releases the node lock to the
+    /// other copy and stands by; more than zero and at most 8760h.
+    #[arg(
+        long,
+        env = "API_UNAUTHORIZED_HANDOVER",
+        default_value = "2m",
+        allow_hyphen_values = true,
+        value_parser = parse_long_duration
+    )]
+    pub api_unauthorized_handover: Duration,
 }
+
+/// The two API clients the agent uses, over one configuration.
+#[derive(Clone)]
+pub struct ApiClients {
+    /// For watches: no read timeout (a quiet watch reads nothing for up to its own timeout,
+    /// which bounds it instead: `watch::WATCH_TIMEOUT_SECS`).
+    pub watch: kube::Client,
+    /// For single requests (TokenRequests, Events): every response within
+    /// [`API_REQUEST_TIMEOUT`], so a pass waiting on a browned-out API server is bounded.
+    pub request: kube::Client,
+}
+
+/// How long a single API request (not a watch) may wait for its response.
+const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ApiArgs {
     /// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
@@ -148,7 +173,7 @@ impl ApiArgs {
     /// so the static copy of the agent started after a reboot with the API server down has none.
     /// The DaemonSet pod therefore records the address it was given in the state directory, and
     /// a copy started without one uses that.
-    pub async fn client(&self, store: &Store) -> anyhow::Result<kube::Client> {
+    pub async fn client(&self, store: &Store) -> anyhow::Result<ApiClients> {
         let config = match &self.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
@@ -164,10 +189,16 @@ impl ApiArgs {
         };
         let mut config = config;
         // A connection attempt to a dead API server fails in seconds, not kube's 30 s: a watch
-        // retrying through an outage keeps its 5 s backoff meaningful. (Reads have no client
-        // timeout: the watches bound their own, see `watch::WATCH_TIMEOUT_SECS`.)
+        // retrying through an outage keeps its 5 s backoff meaningful.
         config.connect_timeout = Some(API_CONNECT_TIMEOUT);
-        kube::Client::try_from(config).context("building the API client")
+        let mut request = config.clone();
+        request.read_timeout = Some(API_REQUEST_TIMEOUT);
+        request.write_timeout = Some(API_REQUEST_TIMEOUT);
+        request.reset_reader_on_write = true;
+        Ok(ApiClients {
+            watch: kube::Client::try_from(config).context("building the API client")?,
+            request: kube::Client::try_from(request).context("building the API client")?,
+        })
     }
 }
 

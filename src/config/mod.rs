@@ -12,8 +12,8 @@ use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 pub use self::agent::{
-    AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, LockArgs, LogArgs,
-    TimingArgs,
+    AdminArgs, AgentArgs, ApiArgs, ApiClients, CriArgs, IdentityArgs, KubeletArgs, LockArgs,
+    LogArgs, TimingArgs,
 };
 use crate::model::Layout;
 

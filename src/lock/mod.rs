@@ -84,6 +84,14 @@ impl InstanceLock {
     }
 }
 
+/// Releasing the lock clears the holder record first, so that until the next holder writes its
+/// own, no copy's probe takes the record for its own and asks a port nobody serves.
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
 /// Creates the directory the lock file lives in, so a fresh node (or a test root) works.
 fn create_parent_dir(path: &Path) -> io::Result<()> {
     match path.parent() {

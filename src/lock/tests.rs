@@ -68,3 +68,17 @@ fn a_symlinked_lock_file_is_refused() {
     assert!(InstanceLock::try_acquire(&path).is_err());
     assert_eq!(fs::read_to_string(&target).expect("read"), "not ours");
 }
+
+/// Issue 12.8: a copy that hands the lock over must not leave a record naming it as the holder,
+/// or its probe keeps asking the admin port it no longer serves.
+#[test]
+fn releasing_the_lock_clears_the_holder_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pod-checkpointer.lock");
+    let lock = InstanceLock::try_acquire(&path)
+        .expect("acquire")
+        .expect("free lock is taken");
+    assert!(Holder::read(&path).is_some());
+    drop(lock);
+    assert_eq!(Holder::read(&path), None);
+}
