@@ -60,15 +60,14 @@ impl OwnerWatch {
                     }
                 };
                 match state.on(&event) {
-                    Verdict::Deleted if flag.load(Ordering::Relaxed) => {}
                     Verdict::Deleted => {
-                        if orphaned(&client, &namespace, &pod_name, &owner).await {
-                            tracing::info!(daemonset = %owner, action = "orphaned", "the agent's DaemonSet was deleted leaving its pods (--cascade=orphan): this pod keeps running, and keeps the node's checkpoints");
-                            continue;
+                        if !flag.swap(true, Ordering::Relaxed) {
+                            tracing::info!(daemonset = %owner, action = "uninstall", "the agent's DaemonSet is being deleted: removing every checkpoint on this node, then its own");
+                            trigger.notify_one();
                         }
-                        flag.store(true, Ordering::Relaxed);
-                        tracing::info!(daemonset = %owner, action = "uninstall", "the agent's DaemonSet is being deleted: removing every checkpoint on this node, then its own");
-                        trigger.notify_one();
+                    }
+                    Verdict::Orphaning => {
+                        tracing::info!(daemonset = %owner, action = "orphaned", "the agent's DaemonSet is being deleted leaving its pods (--cascade=orphan): this pod keeps running, and keeps the node's checkpoints");
                     }
                     Verdict::Back => {
                         if flag.swap(false, Ordering::Relaxed) {
@@ -104,31 +103,6 @@ impl Drop for OwnerWatch {
     }
 }
 
-/// Whether the agent's own pod was left running by a `--cascade=orphan` deletion of its
-/// DaemonSet: the garbage collector strips the owner reference from every pod before the
-/// DaemonSet goes, while a cascading deletion (`helm uninstall`, plain `kubectl delete`) leaves
-/// it until the pod itself is deleted. Anything else (the pod gone, or no answer: the RBAC goes
-/// with an uninstall) is read as an uninstall, as before.
-async fn orphaned(client: &Client, namespace: &str, pod_name: &str, owner: &str) -> bool {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    match tokio::time::timeout(ORPHAN_CHECK_TIMEOUT, pods.get_opt(pod_name)).await {
-        Ok(Ok(Some(pod))) => pod.metadata.deletion_timestamp.is_none() && !owned_by(&pod, owner),
-        _ => false,
-    }
-}
-
-/// How long the orphan check may wait on the API before the deletion counts as an uninstall.
-const ORPHAN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether `pod` names the DaemonSet `owner` among its owners.
-fn owned_by(pod: &Pod, owner: &str) -> bool {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "DaemonSet" && o.name == owner)
-}
-
 /// The name of the DaemonSet that owns the pod, asking until the API answers.
 async fn daemonset_owner(client: &Client, namespace: &str, pod_name: &str) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -157,47 +131,82 @@ async fn daemonset_owner(client: &Client, namespace: &str, pod_name: &str) -> Op
 /// What the owner watch concluded from one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    /// The DaemonSet is being deleted or is gone.
+    /// The DaemonSet is being deleted, or is gone, taking its pods with it: an uninstall.
     Deleted,
+    /// The DaemonSet is being deleted with `--cascade=orphan`: its pods keep running.
+    Orphaning,
+    /// A DaemonSet of that name exists again after being deleted (delete and recreate, or a new
+    /// DaemonSet adopting the orphaned pods).
+    Back,
     /// Nothing new.
     Unchanged,
-    /// A DaemonSet of that name exists again after being deleted.
-    Back,
 }
 
+/// The finalizer the API server puts on an object deleted with `propagationPolicy: Orphan`
+/// (`kubectl delete --cascade=orphan`); the garbage collector strips the dependents' owner
+/// references, then removes it, and the object goes.
+const ORPHAN_FINALIZER: &str = "orphan";
+
 /// The owner watch's reading of its event stream, kept apart from the I/O so it can be tested.
+/// Told from the events alone, so the verdict is there the moment the deletion is seen (a SIGTERM
+/// follows within moments in an uninstall, and the drain needs it then).
 #[derive(Debug, Default)]
 struct OwnerState {
     /// The DaemonSet was listed in the current (re)list.
     seen: bool,
-    /// The last verdict was `Deleted`: a DaemonSet of that name listed again is `Back`.
+    /// The last verdict was `Deleted` or `Orphaning`: a DaemonSet of that name listed again is
+    /// `Back`.
     deleted: bool,
+    /// The DaemonSet is being deleted with its pods left running: its disappearance is no
+    /// uninstall.
+    orphaning: bool,
 }
 
 impl OwnerState {
     fn on(&mut self, event: &Event<DaemonSet>) -> Verdict {
-        let gone = match event {
+        let verdict = match event {
             Event::Init => {
                 self.seen = false;
-                false
+                Verdict::Unchanged
             }
             Event::InitApply(ds) | Event::Apply(ds) => {
                 self.seen = true;
-                ds.metadata.deletion_timestamp.is_some()
+                if ds.metadata.deletion_timestamp.is_none() {
+                    self.orphaning = false;
+                    if std::mem::take(&mut self.deleted) {
+                        return Verdict::Back;
+                    }
+                    return Verdict::Unchanged;
+                }
+                if orphaning(ds) {
+                    self.orphaning = true;
+                    Verdict::Orphaning
+                } else {
+                    Verdict::Deleted
+                }
             }
-            Event::InitDone => !self.seen,
-            Event::Delete(_) => true,
+            Event::InitDone if self.seen => Verdict::Unchanged,
+            Event::InitDone | Event::Delete(_) if self.orphaning => Verdict::Unchanged,
+            Event::Delete(ds) if orphaning(ds) => {
+                self.orphaning = true;
+                Verdict::Orphaning
+            }
+            Event::InitDone | Event::Delete(_) => Verdict::Deleted,
         };
-        let listed = matches!(event, Event::InitApply(_) | Event::Apply(_)) && !gone;
-        if gone {
+        if matches!(verdict, Verdict::Deleted | Verdict::Orphaning) {
             self.deleted = true;
-            Verdict::Deleted
-        } else if listed && std::mem::take(&mut self.deleted) {
-            Verdict::Back
-        } else {
-            Verdict::Unchanged
         }
+        verdict
     }
+}
+
+/// Whether a DaemonSet is being deleted with its pods orphaned.
+fn orphaning(ds: &DaemonSet) -> bool {
+    ds.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == ORPHAN_FINALIZER)
 }
 
 #[cfg(test)]
@@ -238,22 +247,27 @@ mod tests {
         );
     }
 
-    /// Issue 10.6: `kubectl delete ds --cascade=orphan` strips the owner reference from the pods
-    /// that keep running; a cascading deletion does not.
+    /// Issue 10.6: `kubectl delete ds --cascade=orphan` leaves the agent pods running; the
+    /// DaemonSet first gets the `orphan` finalizer, then goes. That is no uninstall; a cascading
+    /// deletion (no such finalizer) is.
     #[test]
-    fn an_orphaned_agent_pod_is_told_from_one_being_uninstalled() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-        let mut pod = Pod::default();
-        assert!(
-            !owned_by(&pod, "pod-checkpointer"),
-            "orphaned: no owner left"
+    fn an_orphaning_deletion_is_not_an_uninstall() {
+        let mut orphaned = ds("a", true);
+        orphaned.metadata.finalizers = Some(vec!["orphan".into()]);
+        let mut state = OwnerState::default();
+        assert_eq!(
+            state.on(&Event::InitApply(ds("a", false))),
+            Verdict::Unchanged
         );
-        pod.metadata.owner_references = Some(vec![OwnerReference {
-            kind: "DaemonSet".into(),
-            name: "pod-checkpointer".into(),
-            ..Default::default()
-        }]);
-        assert!(owned_by(&pod, "pod-checkpointer"), "cascading: still owned");
-        assert!(!owned_by(&pod, "other"));
+        assert_eq!(state.on(&Event::InitDone), Verdict::Unchanged);
+        assert_eq!(state.on(&Event::Apply(orphaned)), Verdict::Orphaning);
+        assert_eq!(state.on(&Event::Delete(ds("a", true))), Verdict::Unchanged);
+        // A relist that no longer finds it: still the orphaning deletion.
+        assert_eq!(state.on(&Event::Init), Verdict::Unchanged);
+        assert_eq!(state.on(&Event::InitDone), Verdict::Unchanged);
+        // A new DaemonSet adopts the pods.
+        assert_eq!(state.on(&Event::Apply(ds("b", false))), Verdict::Back);
+        // Later, a cascading deletion (helm uninstall) is an uninstall again.
+        assert_eq!(state.on(&Event::Delete(ds("b", true))), Verdict::Deleted);
     }
 }

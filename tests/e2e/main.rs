@@ -5,6 +5,7 @@
 
 mod chart;
 mod harness;
+mod lifecycle;
 mod selfhosted;
 
 use std::time::Duration;
