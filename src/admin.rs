@@ -134,8 +134,14 @@ impl Health {
 
     /// Called by the poller at every poll, answered or not.
     pub fn beat_node(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
+        // At least 1, so a beat in the first millisecond still tells from "never beaten".
+        let ms = (self.started.elapsed().as_millis() as u64).max(1);
         self.node_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the poller has beaten at least once.
+    pub fn node_beaten(&self) -> bool {
+        self.node_ms.load(Ordering::Relaxed) > 0
     }
 
     /// Flips `/readyz` to OK once the initial sync is done.

@@ -697,6 +697,49 @@ mod tests {
         }
     }
 
+    /// Issue 11.5: a poller that died leaves a frozen node view; it becomes unknown at once and
+    /// a new poller is started.
+    #[tokio::test]
+    async fn a_dead_poller_turns_the_node_view_unknown_and_is_restarted() {
+        let view = Arc::new(Mutex::new(NodeView {
+            running: crate::model::Observation::Known(Default::default()),
+            kubelet_pods: crate::model::Observation::Known(Vec::new()),
+        }));
+        let health = Health::new(Duration::from_secs(60));
+        let poller = Poller {
+            sources: NodeSources {
+                cri: None,
+                kubelet: None,
+            },
+            poll_interval: Duration::from_secs(3600),
+            view: view.clone(),
+            trigger: Arc::new(Notify::new()),
+            metrics: Metrics::new().expect("metrics"),
+            health: health.clone(),
+        };
+        let died = tokio::spawn(async { panic!("a poller bug") }).await;
+        let stop = CancellationToken::new();
+        let restarted = poller.restart(died.map(|_: ()| ()), stop.clone());
+        assert_eq!(
+            *view.lock().expect("view"),
+            NodeView::default(),
+            "a frozen view is unknown"
+        );
+        // The new poller runs: its first tick comes at once and beats the node side.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !restarted.is_finished() && Instant::now() < deadline && !node_beat(&health) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(node_beat(&health), "the restarted poller polls");
+        stop.cancel();
+    }
+
+    /// Whether the poller has beaten (the node side counts as alive well past `stall_after`
+    /// only once it has).
+    fn node_beat(health: &Health) -> bool {
+        health.node_beaten()
+    }
+
     #[test]
     fn a_wake_up_already_past_runs_the_next_pass_soon_not_after_a_resync() {
         let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
