@@ -156,13 +156,23 @@ def check_daemonset(ds, namespace, namespaces_arg, values):
           "adds back only CHOWN, FOWNER, DAC_OVERRIDE")
     check(sc.get("seccompProfile") == {"type": "RuntimeDefault"}, "seccomp profile RuntimeDefault")
     port = values["adminPort"]
-    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
-        get = c.get(probe, {}).get("httpGet", {})
-        check(get.get("path") == path and get.get("port") == port,
-              f"{probe} is GET {path} on the admin port {port}")
+    lock_file = values["hostPaths"]["lockFile"]
+    # Exec probes (issue 12.4): an httpGet probe on a host-network port asks whichever copy holds
+    # the port; the exec probe asks the copy in its own container (holder or standby).
+    for probe, kind in [("startupProbe", "startup"), ("livenessProbe", "live"), ("readinessProbe", "ready")]:
+        p = c.get(probe, {})
+        check(p.get("exec", {}).get("command") == ["/pod-checkpointer", "probe", kind, f"--lock-file={lock_file}"]
+              and "httpGet" not in p,
+              f"{probe} is the exec probe 'pod-checkpointer probe {kind}' on the lock {lock_file}")
+    startup = c.get("startupProbe", {})
+    check(startup.get("periodSeconds", 0) * startup.get("failureThreshold", 0) >= 300,
+          "the startup probe allows 5 minutes (a first pass in an API brownout is not a restart)")
+    check(port != 9808, "the admin port is not 9808 (the CSI livenessprobe's default)")
 
     args = args_of(c)
-    check(args.get("--admin-addr") == f"0.0.0.0:{port}", f"--admin-addr binds 0.0.0.0:{port}")
+    address = values.get("admin", {}).get("address", "::")
+    want = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    check(args.get("--admin-addr") == want, f"--admin-addr binds {want} (admin.address {address})")
     if namespaces_arg is None:
         check("--all-namespaces" in args and "--namespaces" not in args,
               "--all-namespaces and no --namespaces flag (all namespaces)")

@@ -170,6 +170,23 @@ rejects "admissionPolicy.enabled on Kubernetes 1.29 is refused" "admissionPolicy
 rejects "schema refuses an unknown validation action" "validationActions" \
   template --set admissionPolicy.enabled=true --set 'admissionPolicy.validationActions={Block}'
 
+echo "# admin address (issue 12.6)"
+# The admin address (issue 12.6): dual-stack [::] by default (checked with the defaults above),
+# IPv4 or loopback only on request (metrics behind a kube-rbac-proxy; the exec probes still work).
+for addr in 0.0.0.0 127.0.0.1 ::1; do
+  if template --set "admin.address=$addr" >"$WORK/addr.yaml" 2>"$WORK/err" &&
+     python3 - "$WORK/addr.yaml" "$addr" <<'PY'
+import sys, yaml
+ds = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "DaemonSet"][0]
+args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+addr = sys.argv[2]
+want = f"--admin-addr=[{addr}]:10266" if ":" in addr else f"--admin-addr={addr}:10266"
+sys.exit(0 if want in args else f"{want} not in {args}")
+PY
+  then pass "admin.address=$addr renders --admin-addr for that address"
+  else fail "admin.address=$addr"; sed 's/^/    /' "$WORK/err"
+  fi
+done
 run "renders with the CRI disabled (cri.socketPath empty) and the kubelet as the node source" \
   template --set cri.socketPath= --set kubelet.enabled=true
 if template --set allNamespaces=true >"$WORK/all-ns.yaml" 2>"$WORK/err" &&

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +31,12 @@ use crate::metrics::Metrics;
 #[cfg(test)]
 mod tests;
 
-/// How often a copy of the agent whose admin port is taken tries again.
-const BIND_RETRY: Duration = Duration::from_secs(2);
+/// How often a bind that found the port taken tries again within [`PORT_TAKEOVER`].
+const BIND_RETRY: Duration = Duration::from_millis(200);
+
+/// How long the new lock holder waits for the port of a holder that has just gone. Its socket
+/// closes as its process exits, which is also what frees the lock, so this is ample.
+const PORT_TAKEOVER: Duration = Duration::from_secs(5);
 
 /// How long a client has to send a whole request header. hyper runs the same timer while a
 /// keep-alive connection waits for its next request, so this is the idle bound as well. The
@@ -88,14 +93,24 @@ impl Limits {
     };
 }
 
-/// Liveness and readiness as the agent's loops report them.
+/// How much longer than `stall_after` the pass loop may stay silent: a pass may wait on the API
+/// (TokenRequests, each bounded by the request client's timeouts) during a brownout, and
+/// liveness must not depend on the API (issue 12.7): restarting then would only ask for every
+/// token again. A pass loop silent past this is stuck whatever the API does.
+pub const PASS_API_ALLOWANCE: Duration = Duration::from_secs(300);
+
+/// Liveness and readiness as the agent's loops report them. Liveness means "the node side is
+/// alive": the poller beats every poll interval whatever the API does, and the pass loop beats
+/// at every pass, allowed [`PASS_API_ALLOWANCE`] more for passes waiting on the API.
 #[derive(Debug)]
 pub struct Health {
     started: Instant,
     /// Milliseconds since `started` at the last heartbeat of the main loop.
     heartbeat_ms: AtomicU64,
+    /// Milliseconds since `started` at the last poll of the node sources.
+    node_ms: AtomicU64,
     ready: AtomicBool,
-    /// How long the loop may stay silent before `/healthz` fails.
+    /// How long the poller may stay silent before `/healthz` fails.
     stall_after: Duration,
 }
 
@@ -105,6 +120,7 @@ impl Health {
         Arc::new(Self {
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            node_ms: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             stall_after,
         })
@@ -116,6 +132,18 @@ impl Health {
         self.heartbeat_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Called by the poller at every poll, answered or not.
+    pub fn beat_node(&self) {
+        // At least 1, so a beat in the first millisecond still tells from "never beaten".
+        let ms = (self.started.elapsed().as_millis() as u64).max(1);
+        self.node_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the poller has beaten at least once.
+    pub fn node_beaten(&self) -> bool {
+        self.node_ms.load(Ordering::Relaxed) > 0
+    }
+
     /// Flips `/readyz` to OK once the initial sync is done.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
@@ -125,44 +153,149 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Alive while the main loop has beaten recently.
+    /// Alive while the poller has beaten within `stall_after` and the pass loop within
+    /// `stall_after` plus [`PASS_API_ALLOWANCE`].
     pub fn is_alive(&self) -> bool {
-        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last) <= self.stall_after
+        let silent = |beat: &AtomicU64| {
+            let last = Duration::from_millis(beat.load(Ordering::Relaxed));
+            self.started.elapsed().saturating_sub(last)
+        };
+        silent(&self.node_ms) <= self.stall_after
+            && silent(&self.heartbeat_ms) <= self.stall_after + PASS_API_ALLOWANCE
     }
 }
 
-/// Serves the admin endpoints until `shutdown` fires. On a host-network node the DaemonSet pod
-/// and its static copy share the port: the one that finds it taken keeps trying, and takes over
-/// when the other goes. Any other bind error is returned at once, as a clear start-up failure.
-/// Connections are bounded as the module documentation says; on `shutdown` the server stops
-/// accepting and the connections still open finish within those bounds.
+/// Binds the admin address and serves until `shutdown` fires: [`bind`] then [`serve_listener`].
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut told = false;
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                if !told {
-                    tracing::info!(addr = %addr, "admin port in use (the other copy of the agent?); retrying until it is free");
-                    told = true;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(BIND_RETRY) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    tracing::info!(addr = %listener.local_addr()?, "admin server listening");
-    serve_on(listener, Limits::SERVER, metrics, health, shutdown).await;
+    let listener = bind(addr).await?;
+    serve_listener(listener, metrics, health, shutdown).await;
     Ok(())
+}
+
+/// Binds the admin address. Only the copy holding the node lock binds it (issue 12.4), so the
+/// port is never "the other copy of me" for long: the only copy of ours that may still have it is
+/// a holder that has just gone, whose socket closes with its process, within moments of the lock
+/// coming free. So `AddrInUse` is retried for [`PORT_TAKEOVER`] and then reported as what it is, a
+/// foreign program on our port (issue 12.5), rather than waited on forever while that program
+/// answers the probes and scrapes meant for us.
+///
+/// An unspecified IPv6 address (`[::]`) is bound dual-stack (IPv4 through v4-mapped addresses),
+/// and falls back to `0.0.0.0` on the same port where IPv6 is off on the node (issue 12.6).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let until = Instant::now() + PORT_TAKEOVER;
+    loop {
+        match bind_once(addr) {
+            Ok(l) => {
+                tracing::info!(addr = %l.local_addr()?, "admin server listening");
+                return Ok(l);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < until => {
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "admin address {addr} is in use by another program: this copy holds the node lock, and copies of the agent bind the port only while holding it, so it is not one of ours; pick a free port (--admin-addr, chart value adminPort)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("admin address {addr}: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// One attempt at [`bind`].
+fn bind_once(addr: SocketAddr) -> io::Result<TcpListener> {
+    if let SocketAddr::V6(v6) = addr
+        && v6.ip().is_unspecified()
+    {
+        match bind_dual_stack(addr) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+                ) =>
+            {
+                tracing::info!(error = %e, "no IPv6 on this node: the admin server listens on IPv4 only");
+                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+                return bind_plain(v4);
+            }
+            other => return other,
+        }
+    }
+    bind_plain(addr)
+}
+
+/// A listening socket with `SO_REUSEADDR` (as `TcpListener::bind` sets it).
+fn bind_plain(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// `[::]` with `IPV6_V6ONLY` off, so IPv4 clients reach it too whatever the node's
+/// `net.ipv6.bindv6only` says.
+fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v6()?;
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt on a descriptor `socket` owns, reading one c_int we pass by pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Where a local client (the exec probe) reaches a server bound to `bound`: loopback for an
+/// unspecified address.
+pub fn local_address(bound: SocketAddr) -> SocketAddr {
+    match bound {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+/// Serves the admin endpoints on a bound listener until `shutdown` fires. Connections are
+/// bounded as the module documentation says; on `shutdown` the server stops accepting and the
+/// connections still open finish within those bounds.
+pub async fn serve_listener(
+    listener: TcpListener,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    serve_on(listener, Limits::SERVER, metrics, health, shutdown).await;
 }
 
 /// Serves on a bound listener until `shutdown`, holding at most `limits.max_connections`.
@@ -341,7 +474,7 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respons
         "/healthz" if health.is_alive() => text(StatusCode::OK, "ok\n".into()),
         "/healthz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "main loop stalled\n".into(),
+            "node side stalled (poller or pass loop)\n".into(),
         ),
         "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => text(

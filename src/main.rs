@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Some(Command::Render(args)) => offline::render(args),
         Some(Command::Status(args)) => offline::status(args),
+        Some(Command::Probe(args)) => probe(args),
         None => run_agent(cli.agent),
     };
     match result {
@@ -17,6 +18,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("pod-checkpointer: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints what the probe saw (the kubelet records it in the probe's Event) and fails on a miss.
+fn probe(args: &pod_checkpointer::config::ProbeArgs) -> anyhow::Result<()> {
+    match pod_checkpointer::lock::probe::probe(&args.lock_path(), args.kind) {
+        Ok(seen) => {
+            println!("{seen}");
+            Ok(())
+        }
+        Err(why) => anyhow::bail!("{why}"),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Health;
 use crate::cri::{CriClient, Running};
 use crate::kubelet::{self, KubeletClient};
 use crate::metrics::Metrics;
@@ -35,7 +36,9 @@ impl Default for NodeView {
 /// Shared, always-current node view.
 pub type SharedNodeView = Arc<Mutex<NodeView>>;
 
-/// The sources to poll; at least one is set (checked at start-up).
+/// The sources to poll; at least one is set (checked at start-up). Cheap to clone, so a poller
+/// that died can be started again on the same sources.
+#[derive(Clone)]
 pub struct NodeSources {
     pub cri: Option<CriClient>,
     pub kubelet: Option<KubeletClient>,
@@ -48,6 +51,7 @@ pub async fn run(
     view: SharedNodeView,
     trigger: Trigger,
     metrics: Metrics,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -59,6 +63,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        // The node side is alive whether or not the sources answer: a runtime that is down is
+        // reported through metrics, never by getting the agent restarted.
+        health.beat_node();
         let kubelet_pods = match &sources.kubelet {
             None => Observation::Unknown,
             Some(k) => match k.pods().await {

@@ -152,6 +152,12 @@ impl Reconciler {
         }
     }
 
+    /// Gives the reconciler its API side once it has been built: the agent retries building it
+    /// after a failed start (issue 10.7) and runs on the node view meanwhile.
+    pub fn attach_api(&mut self, api: ApiSide) {
+        self.api = Some(api);
+    }
+
     /// True once a pass has run with the API's initial list in hand.
     pub fn synced_once(&self) -> bool {
         self.synced_once

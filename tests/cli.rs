@@ -499,3 +499,355 @@ fn fallback_timeout_is_documented_and_validated() {
         "{err}"
     );
 }
+
+/// A dead API server, for agents started by the lock and port tests.
+const DEAD_API: &str = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n";
+
+/// A free loopback address (found by binding port 0 and letting go).
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The agent on `root` with a dead API server and no runtime, serving on `addr`, logging to
+/// `log`, telling itself apart from other copies by `POD_NAME`.
+fn start_agent(root: &Path, addr: &str, pod_name: &str, log: &Path) -> std::process::Child {
+    let kubeconfig = write(root, "kubeconfig", DEAD_API);
+    Command::new(BIN)
+        .args(["--node-name", "n1", "--all-namespaces", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", root.display()),
+        ])
+        .args(["--admin-addr", addr, "--poll-interval", "200ms", "--root"])
+        .arg(root.join("root"))
+        .env("POD_NAME", pod_name)
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("start agent")
+}
+
+/// `pod-checkpointer probe KIND` as the kubelet's exec probe runs it in the container of the
+/// copy named `pod_name`: its exit status and output.
+fn probe(root: &Path, pod_name: &str, kind: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["probe", kind, "--root"])
+        .arg(root.join("root"))
+        .env("POD_NAME", pod_name)
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `cond` every 100 ms until it holds or `within` has passed.
+fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM to a child and its exit status within 30 s.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(30), || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    status.expect("exit after SIGTERM")
+}
+
+/// Issue 12.4: the copy that stands by (another copy holds the node lock) neither binds the
+/// admin port nor answers for the working copy, and still passes its own (exec) probe; once the
+/// holder goes, it takes the lock and then the port.
+#[test]
+fn a_standby_copy_leaves_the_admin_port_to_the_lock_holder_and_passes_its_own_probe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    // The working copy: holds the node lock (as the agent does: flock on the lock file).
+    let lock_path = dir.path().join("root/var/run/lock/pod-checkpointer.lock");
+    std::fs::create_dir_all(lock_path.parent().expect("parent")).expect("lock dir");
+    let holder = std::fs::File::create(&lock_path).expect("lock file");
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&holder),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "test takes the node lock");
+
+    let log = dir.path().join("standby.log");
+    let mut standby = start_agent(dir.path(), &addr, "standby", &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || read_log()
+            .contains("\"action\":\"standby\"")),
+        "the agent stands by:\n{}",
+        read_log()
+    );
+    assert_eq!(
+        get(&addr, "/readyz").map(|r| r.0),
+        None,
+        "the standby must not answer on the admin port while another copy holds the lock"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || probe(
+            dir.path(),
+            "standby",
+            "live"
+        )
+        .0),
+        "the standby passes its liveness probe: {}",
+        probe(dir.path(), "standby", "live").1
+    );
+    assert!(
+        probe(dir.path(), "standby", "ready").0,
+        "the standby is ready (a rollout must not wait on it)"
+    );
+    let (ok, text) = probe(dir.path(), "someone-else", "live");
+    assert!(
+        !ok,
+        "a copy that is neither holder nor standby fails: {text}"
+    );
+
+    // The holder goes: the standby takes the lock, then the port, and its probe now asks it.
+    drop(holder);
+    assert!(
+        eventually(Duration::from_secs(20), || get(&addr, "/healthz")
+            .map(|r| r.0)
+            == Some(200)),
+        "after the holder left, the former standby serves:\n{}",
+        read_log()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || probe(
+            dir.path(),
+            "standby",
+            "live"
+        )
+        .0),
+        "the holder passes its liveness probe: {}",
+        probe(dir.path(), "standby", "live").1
+    );
+    let status = terminate(&mut standby);
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status:?}\n{}",
+        read_log()
+    );
+}
+
+/// Issue 12.5: copies of the agent bind the admin port only while holding the node lock, so a
+/// port in use while we hold it belongs to a foreign program (say the CSI livenessprobe on its
+/// default 9808): the agent fails at once, naming the port, instead of retrying forever.
+#[test]
+fn a_foreign_program_on_the_admin_port_is_a_loud_failure_not_a_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").expect("foreign listener");
+    let addr = foreign.local_addr().expect("addr").to_string();
+    let log = dir.path().join("agent.log");
+    let mut agent = start_agent(dir.path(), &addr, "holder", &log);
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(20), || {
+        status = agent.try_wait().expect("wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        exited,
+        "the agent must not retry a foreign port forever:\n{text}"
+    );
+    assert!(
+        !status.expect("status").success(),
+        "a failure exit status:\n{text}"
+    );
+    assert!(
+        text.contains(&addr) && text.contains("another program"),
+        "the error names the address and says it is not a copy of the agent:\n{text}"
+    );
+    drop(foreign);
+}
+
+/// A stand-in API server on loopback (plain HTTP) that answers every request 401, as the API
+/// server answers an expired token. Counts the connections it got.
+fn unauthorized_api() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("fake API");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn kubeconfig_for(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{url}'}}}}]\nusers: [{{name: u, user: {{token: expired}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
+    )
+}
+
+/// Issue 10.7: an API configuration that cannot be loaded at start (a kubeconfig not there yet)
+/// is tried again, so the agent is not without an API for its whole life.
+#[test]
+fn an_api_configuration_missing_at_start_is_tried_again() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = unauthorized_api();
+    let kubeconfig = dir.path().join("later/kubeconfig");
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(BIN)
+        .args(["--node-name", "n1", "--all-namespaces", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args([
+            "--admin-addr",
+            &free_addr(),
+            "--poll-interval",
+            "200ms",
+            "--root",
+        ])
+        .arg(dir.path().join("root"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || read_log()
+            .contains("kubeconfig")),
+        "the agent reports the missing configuration:\n{}",
+        read_log()
+    );
+    std::fs::create_dir_all(kubeconfig.parent().expect("dir")).expect("dir");
+    write(
+        kubeconfig.parent().expect("dir"),
+        "kubeconfig",
+        &kubeconfig_for(&url),
+    );
+    let reached = eventually(Duration::from_secs(20), || seen.load(Ordering::SeqCst) > 0);
+    let status = terminate(&mut agent);
+    assert!(
+        reached,
+        "the agent never tried the API once its configuration was there:\n{}",
+        read_log()
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+/// Issue 12.8: a copy whose own token the API server refuses (401, an expired token after a long
+/// outage) must not sit on the node lock: it hands the lock over (to the DaemonSet pod, whose
+/// token the kubelet keeps fresh) and stands by.
+#[test]
+fn a_persistent_401_hands_the_node_lock_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, _) = unauthorized_api();
+    let kubeconfig = write(dir.path(), "kubeconfig", &kubeconfig_for(&url));
+    let log = dir.path().join("agent.log");
+    let addr = free_addr();
+    let mut agent = Command::new(BIN)
+        .args(["--node-name", "n1", "--all-namespaces", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--cri-endpoint",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args(["--admin-addr", &addr, "--poll-interval", "200ms", "--root"])
+        .arg(dir.path().join("root"))
+        .env("API_UNAUTHORIZED_HANDOVER", "3s")
+        .env("POD_NAME", "static-copy")
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || get(&addr, "/healthz").is_some()),
+        "the agent takes the lock and serves:\n{}",
+        read_log()
+    );
+    // The other copy tries the lock as the agent does.
+    let lock_path = dir.path().join("root/var/run/lock/pod-checkpointer.lock");
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock file");
+    let took = eventually(Duration::from_secs(30), || {
+        // SAFETY: flock on a descriptor we own.
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&other),
+                libc::LOCK_EX | libc::LOCK_NB,
+            ) == 0
+        }
+    });
+    let text = read_log();
+    assert!(took, "the lock was never handed over:\n{text}");
+    assert!(text.contains("\"action\":\"handover\""), "{text}");
+    assert_eq!(
+        get(&addr, "/healthz").map(|r| r.0),
+        None,
+        "the port goes with the lock"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || probe(
+            dir.path(),
+            "static-copy",
+            "live"
+        )
+        .0),
+        "the copy that handed over stands by and passes its probe: {}",
+        probe(dir.path(), "static-copy", "live").1
+    );
+    let status = terminate(&mut agent);
+    assert!(status.success(), "{status:?}\n{}", read_log());
+}

@@ -325,3 +325,24 @@ async fn refusals_at_the_cap_answer_503_and_warn_once() {
     assert_eq!(logged.count(Level::WARN, "connection cap"), 1);
     shutdown.cancel();
 }
+
+/// Issue 12.7: liveness is the node side's: a pass loop waiting on the API (a brownout, token
+/// requests) does not fail `/healthz` while the poller beats; a poller that stops does.
+#[test]
+fn liveness_follows_the_poller_not_a_pass_waiting_on_the_api() {
+    let stall = Duration::from_millis(50);
+    let health = Health::new(stall);
+    health.beat();
+    health.beat_node();
+    // Three stall periods in which only the poller beats: a pass stuck on the API.
+    for _ in 0..3 {
+        std::thread::sleep(stall);
+        health.beat_node();
+    }
+    assert!(
+        health.is_alive(),
+        "a pass waiting on the API is not a dead agent"
+    );
+    std::thread::sleep(stall * 3);
+    assert!(!health.is_alive(), "a poller silent past stall_after is");
+}

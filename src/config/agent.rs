@@ -2,23 +2,19 @@
 //! the wiring in [`crate::agent`] never reads a flag itself and a flag lives next to the code
 //! that turns it into something.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     PathArgs, parse_long_duration, parse_namespace, parse_path, parse_poll_interval, parse_text,
 };
-use crate::admin::{self, Health};
+use crate::admin;
 use crate::cri::CriClient;
 use crate::kubelet::{KubeletClient, KubeletConfig};
-use crate::metrics::Metrics;
 use crate::model::PodKey;
 use crate::store::{StateFile, Store};
 use crate::telemetry::{self, LogFormat};
@@ -26,6 +22,9 @@ use crate::telemetry::{self, LogFormat};
 /// How long one question to the runtime or the kubelet may take: a hung socket must not stall
 /// the poller past a few intervals.
 const NODE_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a TCP and TLS connect to the API server may take.
+const API_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Flags of the node agent.
 #[derive(Debug, Clone, Args)]
@@ -150,7 +149,32 @@ pub struct ApiArgs {
     /// Kubeconfig to reach the API server; the in-cluster service account when absent.
     #[arg(long, env = "KUBECONFIG", allow_hyphen_values = true, value_parser = parse_path)]
     pub kubeconfig: Option<PathBuf>,
+    /// How long the API server may refuse this copy's credentials (401 on every watch, e.g. the
+    /// static copy's token expired during a long outage) before it releases the node lock to the
+    /// other copy and stands by; more than zero and at most 8760h.
+    #[arg(
+        long,
+        env = "API_UNAUTHORIZED_HANDOVER",
+        default_value = "2m",
+        allow_hyphen_values = true,
+        value_parser = parse_long_duration
+    )]
+    pub api_unauthorized_handover: Duration,
 }
+
+/// The two API clients the agent uses, over one configuration.
+#[derive(Clone)]
+pub struct ApiClients {
+    /// For watches: no read timeout (a quiet watch reads nothing for up to its own timeout,
+    /// which bounds it instead: `watch::WATCH_TIMEOUT_SECS`).
+    pub watch: kube::Client,
+    /// For single requests (TokenRequests, Events): every response within
+    /// [`API_REQUEST_TIMEOUT`], so a pass waiting on a browned-out API server is bounded.
+    pub request: kube::Client,
+}
+
+/// How long a single API request (not a watch) may wait for its response.
+const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ApiArgs {
     /// A client from `--kubeconfig`, or the in-cluster service account. Neither talks to the API
@@ -160,7 +184,7 @@ impl ApiArgs {
     /// so the static copy of the agent started after a reboot with the API server down has none.
     /// The DaemonSet pod therefore records the address it was given in the state directory, and
     /// a copy started without one uses that.
-    pub async fn client(&self, store: &Store) -> anyhow::Result<kube::Client> {
+    pub async fn client(&self, store: &Store) -> anyhow::Result<ApiClients> {
         let config = match &self.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
@@ -174,7 +198,18 @@ impl ApiArgs {
             }
             None => in_cluster(store)?,
         };
-        kube::Client::try_from(config).context("building the API client")
+        let mut config = config;
+        // A connection attempt to a dead API server fails in seconds, not kube's 30 s: a watch
+        // retrying through an outage keeps its 5 s backoff meaningful.
+        config.connect_timeout = Some(API_CONNECT_TIMEOUT);
+        let mut request = config.clone();
+        request.read_timeout = Some(API_REQUEST_TIMEOUT);
+        request.write_timeout = Some(API_REQUEST_TIMEOUT);
+        request.reset_reader_on_write = true;
+        Ok(ApiClients {
+            watch: kube::Client::try_from(config).context("building the API client")?,
+            request: kube::Client::try_from(request).context("building the API client")?,
+        })
     }
 }
 
@@ -329,24 +364,27 @@ impl TimingArgs {
     }
 }
 
-/// The admin server operators and the kubelet's probes talk to.
+/// The admin server operators scrape and the exec probe asks. Bound only by the copy holding the
+/// node lock.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Admin server")]
 pub struct AdminArgs {
-    /// Address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:9808", allow_hyphen_values = true)]
+    /// Address of the admin server (/metrics, /healthz, /readyz). `[::]` listens on every IPv6
+    /// and IPv4 address (dual-stack; IPv4 only where IPv6 is off); `127.0.0.1:PORT` keeps
+    /// /metrics on loopback for a proxy in front (the exec probes still reach it). Bound only
+    /// while this copy holds the node lock.
+    // Port 10266: not 9808, the CSI livenessprobe's default (issue 12.5); outside the Prometheus
+    // exporters' range 9100-9999 (all allocated) and the Kubernetes components' 10248-10260
+    // (kubelet, kube-proxy, controller managers, scheduler; ingress-nginx uses 10254); not in the
+    // IANA registry, and below the Linux ephemeral range.
+    #[arg(long, default_value = "[::]:10266", allow_hyphen_values = true)]
     pub admin_addr: SocketAddr,
 }
 
 impl AdminArgs {
-    /// The admin server on `--admin-addr`, serving until `shutdown` fires.
-    pub fn server(
-        &self,
-        metrics: Metrics,
-        health: Arc<Health>,
-        shutdown: CancellationToken,
-    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        admin::serve(self.admin_addr, metrics, health, shutdown)
+    /// The admin listener on `--admin-addr`; a port held by another program is an error.
+    pub async fn bind(&self) -> std::io::Result<tokio::net::TcpListener> {
+        admin::bind(self.admin_addr).await
     }
 }
 

@@ -12,8 +12,8 @@ use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 pub use self::agent::{
-    AdminArgs, AgentArgs, ApiArgs, CriArgs, IdentityArgs, KubeletArgs, LockArgs, LogArgs,
-    TimingArgs,
+    AdminArgs, AgentArgs, ApiArgs, ApiClients, CriArgs, IdentityArgs, KubeletArgs, LockArgs,
+    LogArgs, TimingArgs,
 };
 use crate::model::Layout;
 
@@ -153,6 +153,32 @@ pub enum Command {
     Render(RenderArgs),
     /// List the checkpoints on this node's disk.
     Status(StatusArgs),
+    /// The kubelet's exec probe for this copy of the agent: asks its admin server when it holds
+    /// the node lock, checks its standby heartbeat otherwise. Exit 0 when it passes.
+    Probe(ProbeArgs),
+}
+
+/// Flags of `probe`: which probe, and where the lock is (as the agent was given it).
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// live, ready or startup.
+    #[arg(value_enum)]
+    pub kind: crate::lock::probe::ProbeKind,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Prefix for the default lock path (as the agent's --root).
+    #[arg(long, default_value = "/", allow_hyphen_values = true, value_parser = parse_path)]
+    pub root: PathBuf,
+}
+
+impl ProbeArgs {
+    /// The lock file the agent uses with the same flags.
+    pub fn lock_path(&self) -> PathBuf {
+        self.lock.lock_file.clone().unwrap_or_else(|| {
+            self.root
+                .join(Path::new("var/run/lock/pod-checkpointer.lock"))
+        })
+    }
 }
 
 /// Where files live; every path is a flag, and `--root` prefixes the defaults.

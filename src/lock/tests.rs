@@ -41,8 +41,9 @@ fn lock_file_is_0600_and_names_the_holder() {
 
     let meta = fs::metadata(&path).expect("stat");
     assert_eq!(meta.mode() & 0o7777, 0o600);
-    let content = fs::read_to_string(&path).expect("read");
-    assert_eq!(content, format!("{}\n", std::process::id()));
+    let holder = Holder::read(&path).expect("a holder record");
+    assert_eq!(holder.pid, std::process::id());
+    assert_eq!(holder.instance, Identity::current().as_str());
 }
 
 #[test]
@@ -66,4 +67,18 @@ fn a_symlinked_lock_file_is_refused() {
     std::os::unix::fs::symlink(&target, &path).expect("symlink");
     assert!(InstanceLock::try_acquire(&path).is_err());
     assert_eq!(fs::read_to_string(&target).expect("read"), "not ours");
+}
+
+/// Issue 12.8: a copy that hands the lock over must not leave a record naming it as the holder,
+/// or its probe keeps asking the admin port it no longer serves.
+#[test]
+fn releasing_the_lock_clears_the_holder_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pod-checkpointer.lock");
+    let lock = InstanceLock::try_acquire(&path)
+        .expect("acquire")
+        .expect("free lock is taken");
+    assert!(Holder::read(&path).is_some());
+    drop(lock);
+    assert_eq!(Holder::read(&path), None);
 }

@@ -1,14 +1,21 @@
 //! Kubernetes Events on parent pods, so an operator sees what the agent did where they look
 //! first (`kubectl describe pod`).
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
+use tokio::task::JoinHandle;
 
 /// Publishes Kubernetes Events on parent pods so `kubectl describe pod` shows what the agent did.
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
+    /// Events still being sent, so the agent can wait for them (bounded) before it exits: an
+    /// uninstall's Events are published in its last moments (issue 11.7).
+    pending: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Events {
@@ -20,6 +27,7 @@ impl Events {
         };
         Self {
             recorder: Recorder::new(client, reporter),
+            pending: Arc::default(),
         }
     }
 
@@ -43,10 +51,82 @@ impl Events {
             secondary: None,
         };
         let recorder = self.recorder.clone();
-        tokio::spawn(async move {
+        let sending = tokio::spawn(async move {
             if let Err(e) = recorder.publish(&event, &reference).await {
                 tracing::debug!(error = %e, "could not publish an Event");
             }
         });
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.retain(|t| !t.is_finished());
+            pending.push(sending);
+        }
+    }
+
+    /// Waits up to `bound` for the Events still being sent; what is left after it is dropped.
+    pub async fn flush(&self, bound: Duration) {
+        let pending = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        if pending.is_empty() {
+            return;
+        }
+        let count = pending.len();
+        if tokio::time::timeout(bound, futures::future::join_all(pending))
+            .await
+            .is_err()
+        {
+            tracing::debug!(count, "stopping with Events still unsent");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Issue 11.7: the Events of an uninstall are published in the agent's last moments, in the
+    /// background; `flush` waits (bounded) until they are sent, so the exit does not drop them.
+    #[tokio::test]
+    async fn flush_waits_for_events_still_being_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake API");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let got = Arc::new(AtomicBool::new(false));
+        let seen = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // A slow API server: the request is read only after a while.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut buf = vec![0u8; 65536];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if String::from_utf8_lossy(&buf[..n]).contains("POST /apis/events.k8s.io") {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        let events = Events::new(client, "n1");
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("api".into());
+        pod.metadata.namespace = Some("kube-system".into());
+        pod.metadata.uid = Some("u1".into());
+        events.publish(&pod, "CheckpointRemoved", "Remove", "uninstall".into());
+        events.flush(Duration::from_secs(5)).await;
+        assert!(
+            got.load(Ordering::SeqCst),
+            "the Event reached the API server before flush returned"
+        );
     }
 }

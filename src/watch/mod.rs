@@ -27,6 +27,13 @@ pub use pod_checkpointer_core::plan::owned_by_daemonset;
 pub use pods::PodWatch;
 pub use tokens::Tokens;
 
+/// How long each watch call of the pod and owner watches lasts (the server ends it; the watcher
+/// starts the next from its resourceVersion, without a relist). kube's watcher calls a
+/// connection dead after this plus 5 s without an event, so an API connection dropped without a
+/// FIN or RST (a node or load balancer gone) is noticed within a minute, well under kube's
+/// default of 295 s and the API-unreachable alert's `for:` (issue 12.7).
+pub const WATCH_TIMEOUT_SECS: u32 = 55;
+
 /// Wakes the reconciler. `Notify` keeps one permit, so a burst of events becomes one reconcile.
 pub type Trigger = Arc<Notify>;
 

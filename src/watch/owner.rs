@@ -45,30 +45,37 @@ impl OwnerWatch {
                 *slot = Some(owner.clone());
             }
             trigger.notify_one();
-            let api: Api<DaemonSet> = Api::namespaced(client, &namespace);
-            let cfg = watcher::Config::default().fields(&format!("metadata.name={owner}"));
+            let api: Api<DaemonSet> = Api::namespaced(client.clone(), &namespace);
+            let cfg = watcher::Config::default()
+                .fields(&format!("metadata.name={owner}"))
+                .timeout(super::WATCH_TIMEOUT_SECS);
             let mut events = std::pin::pin!(kube::runtime::watcher(api, cfg).default_backoff());
-            let mut seen = false;
+            let mut state = OwnerState::default();
             while let Some(event) = events.next().await {
-                let gone = match event {
-                    Ok(Event::Init) => {
-                        seen = false;
-                        false
-                    }
-                    Ok(Event::InitApply(ds) | Event::Apply(ds)) => {
-                        seen = true;
-                        ds.metadata.deletion_timestamp.is_some()
-                    }
-                    Ok(Event::InitDone) => !seen,
-                    Ok(Event::Delete(_)) => true,
+                let event = match event {
+                    Ok(event) => event,
                     Err(e) => {
                         tracing::debug!(daemonset = %owner, error = %e, "owner watch failing");
-                        false
+                        continue;
                     }
                 };
-                if gone && !flag.swap(true, Ordering::Relaxed) {
-                    tracing::info!(daemonset = %owner, action = "uninstall", "the agent's DaemonSet is being deleted: removing every checkpoint on this node, then its own");
-                    trigger.notify_one();
+                match state.on(&event) {
+                    Verdict::Deleted => {
+                        if !flag.swap(true, Ordering::Relaxed) {
+                            tracing::info!(daemonset = %owner, action = "uninstall", "the agent's DaemonSet is being deleted: removing every checkpoint on this node, then its own");
+                            trigger.notify_one();
+                        }
+                    }
+                    Verdict::Orphaning => {
+                        tracing::info!(daemonset = %owner, action = "orphaned", "the agent's DaemonSet is being deleted leaving its pods (--cascade=orphan): this pod keeps running, and keeps the node's checkpoints");
+                    }
+                    Verdict::Back => {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            tracing::info!(daemonset = %owner, action = "reinstall", "the agent's DaemonSet exists again: no longer uninstalling; checkpoints are written again");
+                            trigger.notify_one();
+                        }
+                    }
+                    Verdict::Unchanged => {}
                 }
             }
         });
@@ -118,5 +125,149 @@ async fn daemonset_owner(client: &Client, namespace: &str, pod_name: &str) -> Op
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// What the owner watch concluded from one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The DaemonSet is being deleted, or is gone, taking its pods with it: an uninstall.
+    Deleted,
+    /// The DaemonSet is being deleted with `--cascade=orphan`: its pods keep running.
+    Orphaning,
+    /// A DaemonSet of that name exists again after being deleted (delete and recreate, or a new
+    /// DaemonSet adopting the orphaned pods).
+    Back,
+    /// Nothing new.
+    Unchanged,
+}
+
+/// The finalizer the API server puts on an object deleted with `propagationPolicy: Orphan`
+/// (`kubectl delete --cascade=orphan`); the garbage collector strips the dependents' owner
+/// references, then removes it, and the object goes.
+const ORPHAN_FINALIZER: &str = "orphan";
+
+/// The owner watch's reading of its event stream, kept apart from the I/O so it can be tested.
+/// Told from the events alone, so the verdict is there the moment the deletion is seen (a SIGTERM
+/// follows within moments in an uninstall, and the drain needs it then).
+#[derive(Debug, Default)]
+struct OwnerState {
+    /// The DaemonSet was listed in the current (re)list.
+    seen: bool,
+    /// The last verdict was `Deleted` or `Orphaning`: a DaemonSet of that name listed again is
+    /// `Back`.
+    deleted: bool,
+    /// The DaemonSet is being deleted with its pods left running: its disappearance is no
+    /// uninstall.
+    orphaning: bool,
+}
+
+impl OwnerState {
+    fn on(&mut self, event: &Event<DaemonSet>) -> Verdict {
+        let verdict = match event {
+            Event::Init => {
+                self.seen = false;
+                Verdict::Unchanged
+            }
+            Event::InitApply(ds) | Event::Apply(ds) => {
+                self.seen = true;
+                if ds.metadata.deletion_timestamp.is_none() {
+                    self.orphaning = false;
+                    if std::mem::take(&mut self.deleted) {
+                        return Verdict::Back;
+                    }
+                    return Verdict::Unchanged;
+                }
+                if orphaning(ds) {
+                    self.orphaning = true;
+                    Verdict::Orphaning
+                } else {
+                    Verdict::Deleted
+                }
+            }
+            Event::InitDone if self.seen => Verdict::Unchanged,
+            Event::InitDone | Event::Delete(_) if self.orphaning => Verdict::Unchanged,
+            Event::Delete(ds) if orphaning(ds) => {
+                self.orphaning = true;
+                Verdict::Orphaning
+            }
+            Event::InitDone | Event::Delete(_) => Verdict::Deleted,
+        };
+        if matches!(verdict, Verdict::Deleted | Verdict::Orphaning) {
+            self.deleted = true;
+        }
+        verdict
+    }
+}
+
+/// Whether a DaemonSet is being deleted with its pods orphaned.
+fn orphaning(ds: &DaemonSet) -> bool {
+    ds.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == ORPHAN_FINALIZER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ds(uid: &str, deleting: bool) -> DaemonSet {
+        let mut ds = DaemonSet::default();
+        ds.metadata.name = Some("pod-checkpointer".into());
+        ds.metadata.uid = Some(uid.into());
+        if deleting {
+            ds.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        }
+        ds
+    }
+
+    /// Issue 10.6: after a delete-and-recreate (or `--cascade=orphan` and a new DaemonSet that
+    /// adopts the running pods), the DaemonSet is back: the agent must stop uninstalling.
+    #[test]
+    fn a_daemonset_that_comes_back_ends_the_uninstall() {
+        let mut state = OwnerState::default();
+        assert_eq!(
+            state.on(&Event::InitApply(ds("a", false))),
+            Verdict::Unchanged
+        );
+        assert_eq!(state.on(&Event::InitDone), Verdict::Unchanged);
+        assert_eq!(state.on(&Event::Delete(ds("a", true))), Verdict::Deleted);
+        assert_eq!(state.on(&Event::Apply(ds("b", false))), Verdict::Back);
+        // A relist that finds it again says the same.
+        let mut relisted = OwnerState::default();
+        assert_eq!(relisted.on(&Event::Init), Verdict::Unchanged);
+        assert_eq!(relisted.on(&Event::InitDone), Verdict::Deleted);
+        assert_eq!(relisted.on(&Event::Init), Verdict::Unchanged);
+        assert_eq!(
+            relisted.on(&Event::InitApply(ds("b", false))),
+            Verdict::Back
+        );
+    }
+
+    /// Issue 10.6: `kubectl delete ds --cascade=orphan` leaves the agent pods running; the
+    /// DaemonSet first gets the `orphan` finalizer, then goes. That is no uninstall; a cascading
+    /// deletion (no such finalizer) is.
+    #[test]
+    fn an_orphaning_deletion_is_not_an_uninstall() {
+        let mut orphaned = ds("a", true);
+        orphaned.metadata.finalizers = Some(vec!["orphan".into()]);
+        let mut state = OwnerState::default();
+        assert_eq!(
+            state.on(&Event::InitApply(ds("a", false))),
+            Verdict::Unchanged
+        );
+        assert_eq!(state.on(&Event::InitDone), Verdict::Unchanged);
+        assert_eq!(state.on(&Event::Apply(orphaned)), Verdict::Orphaning);
+        assert_eq!(state.on(&Event::Delete(ds("a", true))), Verdict::Unchanged);
+        // A relist that no longer finds it: still the orphaning deletion.
+        assert_eq!(state.on(&Event::Init), Verdict::Unchanged);
+        assert_eq!(state.on(&Event::InitDone), Verdict::Unchanged);
+        // A new DaemonSet adopts the pods.
+        assert_eq!(state.on(&Event::Apply(ds("b", false))), Verdict::Back);
+        // Later, a cascading deletion (helm uninstall) is an uninstall again.
+        assert_eq!(state.on(&Event::Delete(ds("b", true))), Verdict::Deleted);
     }
 }

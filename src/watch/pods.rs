@@ -49,7 +49,9 @@ impl PodWatch {
         trigger: Trigger,
         metrics: Metrics,
     ) -> Self {
-        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+        let cfg = watcher::Config::default()
+            .fields(&format!("spec.nodeName={node_name}"))
+            .timeout(super::WATCH_TIMEOUT_SECS);
         let apis: Vec<(String, Api<Pod>)> = if namespaces.is_empty() {
             vec![("*".to_string(), Api::all(client.clone()))]
         } else {
@@ -136,6 +138,11 @@ async fn follow_pods<S>(
 ) where
     S: Stream<Item = watcher::Result<Event<Pod>>>,
 {
+    let _down_when_gone = DownWhenGone {
+        state: state.clone(),
+        scope: scope.clone(),
+        trigger: trigger.clone(),
+    };
     let mut backoff = ReconnectBackoff::default();
     // Whether the last thing logged was a failure, so each transition is logged once.
     let mut down_logged = false;
@@ -178,6 +185,26 @@ async fn follow_pods<S>(
             }
         }
         tokio::time::sleep(backoff.next().unwrap_or(ReconnectBackoff::MAX)).await;
+    }
+}
+
+/// Marks a pod watch down when its task ends, returns or panics alike (issue 11.5): its store is
+/// frozen from then on, and a frozen list must read as "unknown", never as the pods bound here.
+/// A panic is logged here (`follow_pods` itself never returns: a watch that fails or ends starts
+/// over); an abort (the agent stopping) is not an error.
+struct DownWhenGone {
+    state: Arc<WatchState>,
+    scope: String,
+    trigger: Trigger,
+}
+
+impl Drop for DownWhenGone {
+    fn drop(&mut self) {
+        self.state.up.store(false, Ordering::Relaxed);
+        self.trigger.notify_one();
+        if std::thread::panicking() {
+            tracing::error!(scope = %self.scope, action = "api_unreachable", component = "pod_watch", "pod watch panicked: the API view is unknown from now on (nothing is removed)");
+        }
     }
 }
 
@@ -261,5 +288,18 @@ mod tests {
         assert!(!state.answered.load(Ordering::Relaxed));
         assert!(!state.up.load(Ordering::Relaxed));
         task.abort();
+    }
+
+    /// Issue 11.5: a pod watch whose task is gone (it panicked, or was stopped) leaves a frozen
+    /// store behind; it must not stay reported live.
+    #[tokio::test]
+    async fn a_pod_watch_that_ends_is_not_reported_live() {
+        let (state, _, task) = run(vec![vec![Ok(Event::Init), Ok(Event::InitDone)]]);
+        until("synced", || state.up.load(Ordering::Relaxed)).await;
+        task.abort();
+        until("down once its task is gone", || {
+            !state.up.load(Ordering::Relaxed)
+        })
+        .await;
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Each scenario has its own namespace and release, and its own checkpoint directories under
 //! `/etc/kubernetes/<namespace>/` on the node (= `$NODE_ETC_KUBERNETES/<namespace>/` on the host,
-//! where the test reads them). Only the kubelet's static pod directory and the admin port 9808 in
+//! where the test reads them). Only the kubelet's static pod directory and the admin port 10266 in
 //! the node's network namespace are shared, which is why these scenarios run one at a time.
 
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ const CLEANUP: Duration = Duration::from_secs(60);
 const IMAGE_REPOSITORY: &str = "localhost/pod-checkpointer";
 const IMAGE_TAG: &str = "e2e";
 /// The chart's default `adminPort`, bound in the node's network namespace (hostNetwork).
-const ADMIN_PORT: u16 = 9808;
+const ADMIN_PORT: u16 = 10266;
 const CHECKPOINT_OF: &str = "checkpointer.alpha.coreos.com/checkpoint-of";
 
 fn repo_path(rel: &str) -> PathBuf {

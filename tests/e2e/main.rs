@@ -6,6 +6,7 @@
 mod chart;
 mod collision;
 mod harness;
+mod lifecycle;
 mod rbac;
 mod selfhosted;
 mod view;

@@ -6,6 +6,7 @@
 //! Everything goes through `helm template` (the chart is the one source of truth) and `kubectl`
 //! child processes, so no kube client is driven from a `Drop`.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
