@@ -32,7 +32,7 @@ SH_DS=kube-apiserver
 SH_APISERVER_IMAGE=${SH_APISERVER_IMAGE:-localhost/kube-apiserver:ci}
 SH_AGENT_IMAGE=${SH_AGENT_IMAGE:-localhost/pod-checkpointer:selfhosted}
 SH_AGENT_RELEASE=${SH_AGENT_RELEASE:-pod-checkpointer}
-SH_AGENT_ADMIN_PORT=${SH_AGENT_ADMIN_PORT:-9809} # not the chart's 9808: the chart e2e uses that one
+SH_AGENT_ADMIN_PORT=${SH_AGENT_ADMIN_PORT:-9809} # not the chart's default 10266: the chart e2e uses that one
 SH_GRACE=${SH_GRACE:-15s}
 SH_FALLBACK_TIMEOUT=${SH_FALLBACK_TIMEOUT:-30s}
 # Inside the API server's container.
