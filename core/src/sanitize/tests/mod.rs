@@ -1,6 +1,7 @@
 //! Tests of [`sanitize`](super), by duty, with the helpers they share. Pods come from the crate's
 //! shared [`fixtures`](crate::fixtures); what is here is specific to checkpoints of `prod/web`.
 
+mod access;
 mod classification;
 mod env;
 mod output;
