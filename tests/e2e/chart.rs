@@ -1300,6 +1300,22 @@ async fn agent_with_the_charts_rbac_reports_a_missing_permission() {
 }
 
 impl Release<'_> {
+    /// Creates an annotated busybox parent in the release's namespace and waits until it runs
+    /// with its checkpoint written.
+    async fn running_parent(&self, name: &str) -> PodKey {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pod = busybox_pod(self.node, name, true, "sleep 3600", serde_json::json!({}));
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create parent");
+        let key = PodKey::new(&self.namespace, name);
+        wait_for("the parent runs with its checkpoint", LONG, || async {
+            (self.inactive(&key).exists() && pod_running(&pods, name).await).then_some(())
+        })
+        .await;
+        key
+    }
+
     /// `helm upgrade --reuse-values` with `set`, waiting for the rollout.
     fn upgrade(&self, set: &[&str]) {
         let chart = chart_dir();
@@ -1348,18 +1364,8 @@ async fn turning_off_self_checkpointing_removes_only_the_agents_own_checkpoint()
         .then_some(())
     })
     .await;
+    let parent = release.running_parent("parent").await;
     let pods = ns.pods();
-    pods.create(
-        &PostParams::default(),
-        &busybox_pod(&node, "parent", true, "sleep 3600", serde_json::json!({})),
-    )
-    .await
-    .expect("create parent");
-    let parent = ns.key("parent");
-    wait_for("the parent runs with its checkpoint", LONG, || async {
-        (release.inactive(&parent).exists() && pod_running(&pods, "parent").await).then_some(())
-    })
-    .await;
 
     release.upgrade(&["checkpointSelf=false"]);
     wait_for(
@@ -1422,18 +1428,8 @@ async fn delete_and_reinstall_hands_the_node_to_the_new_release() {
     let node = Node::from_env();
     let ns = ChartNamespace::create(&node, "e2e-chart-reinstall").await;
     let mut first = Release::install(&node, &ns, "pc").await;
+    let parent = first.running_parent("parent").await;
     let pods = ns.pods();
-    pods.create(
-        &PostParams::default(),
-        &busybox_pod(&node, "parent", true, "sleep 3600", serde_json::json!({})),
-    )
-    .await
-    .expect("create parent");
-    let parent = ns.key("parent");
-    wait_for("the parent runs with its checkpoint", LONG, || async {
-        (first.inactive(&parent).exists() && pod_running(&pods, "parent").await).then_some(())
-    })
-    .await;
 
     first.uninstall();
     wait_for(
