@@ -57,6 +57,21 @@ impl World {
         }
     }
 
+    /// A reconciler started without its API side, which the agent builds in the background
+    /// (issue 10.7) and attaches later.
+    fn reconciler_awaiting_api(&self) -> Reconciler {
+        let mut r = Reconciler::new(
+            settings(),
+            Store::new(self.layout.clone()),
+            self.metrics.clone(),
+            node_view(),
+            None,
+            None,
+        );
+        r.expect_api();
+        r
+    }
+
     /// A reconciler whose API server is at `url`; the pod watch starts now.
     fn reconciler(&self, url: &str) -> Reconciler {
         let config = kube::Config::new(url.parse().expect("url"));
@@ -70,24 +85,38 @@ impl World {
             uninstall: None,
             client,
         };
-        let node: SharedNodeView = Arc::new(Mutex::new(NodeView {
-            running: Observation::Known(BTreeSet::new()),
-            kubelet_pods: Observation::Unknown,
-        }));
-        let settings = Settings {
-            node_name: NODE.to_owned(),
-            me: None,
-            grace: Duration::from_secs(60),
-            namespaces: Vec::new(),
-            fallback_timeout: Duration::from_secs(300),
-            keep_active_on_uninstall: true,
-        };
         let store = Store::new(self.layout.clone());
-        Reconciler::new(settings, store, self.metrics.clone(), node, None, Some(api))
+        Reconciler::new(
+            settings(),
+            store,
+            self.metrics.clone(),
+            node_view(),
+            None,
+            Some(api),
+        )
     }
 
     fn active(&self) -> PathBuf {
         self.layout.manifest_dir.join(key().manifest_file_name())
+    }
+}
+
+/// Nothing running, the kubelet not asked.
+fn node_view() -> SharedNodeView {
+    Arc::new(Mutex::new(NodeView {
+        running: Observation::Known(BTreeSet::new()),
+        kubelet_pods: Observation::Unknown,
+    }))
+}
+
+fn settings() -> Settings {
+    Settings {
+        node_name: NODE.to_owned(),
+        me: None,
+        grace: Duration::from_secs(60),
+        namespaces: Vec::new(),
+        fallback_timeout: Duration::from_secs(300),
+        keep_active_on_uninstall: true,
     }
 }
 
@@ -159,5 +188,27 @@ async fn an_api_that_refuses_connections_lets_the_first_passes_activate_at_once(
     eprintln!(
         "FIGURE refused API: first activation {:.0} ms after the watch started",
         took.as_secs_f64() * 1000.0
+    );
+}
+
+/// Issue 11.9 again, where the API side is built in the background (issue 10.7): until it is
+/// attached, the view is no more complete than with a watch that has not answered. The first
+/// passes must not activate; after the same short bound, with no API side yet, they do.
+#[tokio::test]
+async fn first_passes_before_the_api_side_is_attached_wait_for_the_same_bound() {
+    let w = World::new();
+    let started = Instant::now();
+    let mut r = w.reconciler_awaiting_api();
+    let first = r.reconcile().await;
+    assert!(
+        !w.active().exists(),
+        "activated before the API side was even built"
+    );
+    assert!(first.wake_at.is_some(), "a wake-up at the end of the bound");
+    passes_until_active(&w, &mut r, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "activated after {:?}, before the bound",
+        started.elapsed()
     );
 }

@@ -151,7 +151,7 @@ async fn hold(
         fallback_timeout: timing.fallback_timeout,
         keep_active_on_uninstall: args.identity.keep_active_on_uninstall,
     };
-    let reconciler = Reconciler::new(
+    let mut reconciler = Reconciler::new(
         settings,
         store,
         metrics.clone(),
@@ -159,6 +159,8 @@ async fn hold(
         node.runtime,
         None,
     );
+    // Its API side comes from `api` once built: until then the view is not complete.
+    reconciler.expect_api();
     let mut passes = Passes::new(reconciler, health, trigger, metrics.clone());
     passes.api = Some(api);
     passes.unauthorized.after = args.api.api_unauthorized_handover;

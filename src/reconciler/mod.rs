@@ -97,6 +97,8 @@ pub struct Reconciler {
     duplicates: BTreeSet<std::path::PathBuf>,
     /// Checkpoints kept on leaving the node, already reported.
     kept: BTreeSet<PodKey>,
+    /// Since when an API side being built is expected (see [`Reconciler::expect_api`]).
+    api_expected_since: Option<Instant>,
 }
 
 impl Reconciler {
@@ -151,6 +153,7 @@ impl Reconciler {
             failing: BTreeMap::new(),
             duplicates: BTreeSet::new(),
             kept: BTreeSet::new(),
+            api_expected_since: None,
         }
     }
 
@@ -158,6 +161,31 @@ impl Reconciler {
     /// after a failed start (issue 10.7) and runs on the node view meanwhile.
     pub fn attach_api(&mut self, api: ApiSide) {
         self.api = Some(api);
+    }
+
+    /// Says an API side is being built and will be attached: until it is, the view is as
+    /// incomplete as with a pod watch that has not answered yet.
+    pub fn expect_api(&mut self) {
+        self.api_expected_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the API's side of the view is in (SPEC §5, "a complete view"): the pod watch has
+    /// answered or had its short bound; with an API side still being built, the same bound
+    /// counts from when it was expected; with none expected, there is nothing to wait for.
+    fn api_settled(&self) -> bool {
+        self.api_settles_at().is_none()
+    }
+
+    /// When an unsettled view stops waiting for the API.
+    fn api_settles_at(&self) -> Option<Instant> {
+        match (&self.api, self.api_expected_since) {
+            (Some(api), _) => api.pods.settles_at(),
+            (None, Some(since)) => {
+                let bound = since + crate::watch::FIRST_ANSWER;
+                (Instant::now() < bound).then_some(bound)
+            }
+            (None, None) => None,
+        }
     }
 
     /// True once a pass has run with the API's initial list in hand.
@@ -275,7 +303,7 @@ impl Reconciler {
             yields: &self.yields,
             fallback_timeout: self.settings.fallback_timeout,
             running: &node.running,
-            api_settled: self.api.as_ref().is_none_or(|a| a.pods.settled()),
+            api_settled: self.api_settled(),
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
@@ -344,7 +372,7 @@ impl Reconciler {
     /// When a view still waiting for the pod watch's first answer stops waiting: a pass must run
     /// then, even if the watch never says anything.
     fn view_settles_at(&self) -> Option<Timestamp> {
-        Some(wall_time(self.api.as_ref()?.pods.settles_at()?))
+        self.api_settles_at().map(wall_time)
     }
 
     /// When a service-account token is next due for refresh, while the API answers.

@@ -24,7 +24,7 @@ pub use objects::{KeyDataSource, ObjectKind, ObjectRef, ObjectState, ObjectWatch
 pub use owner::OwnerWatch;
 /// The rule lives in the core; re-exported for callers of the old path.
 pub use pod_checkpointer_core::plan::owned_by_daemonset;
-pub use pods::PodWatch;
+pub use pods::{FIRST_ANSWER, PodWatch};
 pub use tokens::Tokens;
 
 /// How long each watch call of the pod and owner watches lasts (the server ends it; the watcher

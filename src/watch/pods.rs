@@ -99,15 +99,10 @@ impl PodWatch {
             .all(|(_, w)| w.up.load(Ordering::Relaxed))
     }
 
-    /// Whether the API's side of the view is in: every watch has synced or failed since the
-    /// start, or [`FIRST_ANSWER`] has passed. Before that, "no API view" only means nobody has
-    /// asked yet, and a pass must not activate on it.
-    pub fn settled(&self) -> bool {
-        self.settles_at().is_none()
-    }
-
-    /// When an unsettled view stops waiting for the API, so the reconciler looks again then
-    /// (a watch that answers sooner wakes it itself).
+    /// `None` once the API's side of the view is in: every watch has synced or failed since the
+    /// start, or [`FIRST_ANSWER`] has passed; before that, "no API view" only means nobody has
+    /// asked yet, and a pass must not activate on it. Otherwise when that bound ends, so the
+    /// reconciler looks again then (a watch that answers sooner wakes it itself).
     pub fn settles_at(&self) -> Option<Instant> {
         let answered = (self.streams.iter()).all(|(_, w)| w.answered.load(Ordering::Relaxed));
         let bound = self.started + FIRST_ANSWER;

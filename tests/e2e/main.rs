@@ -184,7 +184,10 @@ async fn annotated_pod_gets_an_inactive_checkpoint_with_its_files() {
     };
     assert_eq!(read(&secret_file).as_deref(), Some("s3cret"));
     assert_eq!(mode(&secret_file), 0o400);
-    assert_eq!(mode(secret_file.parent().expect("dir")), 0o700);
+    // The volume's own directory looks as the kubelet's Secret volume would (1777); the
+    // directories above it stay root's (SPEC §2).
+    assert_eq!(mode(secret_file.parent().expect("dir")), 0o1777);
+    assert_eq!(mode(&agent.secret_dir(&key)), 0o700);
     let config_file = agent.configmap_dir(&key).join("settings/mode");
     assert_eq!(read(&config_file).as_deref(), Some("safe"));
     assert_eq!(mode(&config_file), 0o644);

@@ -1210,11 +1210,19 @@ async fn selfhosted_agent_upgrade_leaves_the_api_server_alone() {
                 .collect(),
         )
     };
-    let old = agent_pods(&sh).expect("agent pods");
-    let [(old_agent, true)] = old.as_slice() else {
-        panic!("one Ready agent pod before the upgrade: {old:?}");
-    };
-    let old_agent = old_agent.clone();
+    // Its probes are exec probes, which need the runtime: after a scenario that stopped the
+    // runtime, the pod is Ready again within a probe period or two.
+    let old_agent = wait_for(
+        "one Ready agent pod before the upgrade",
+        Duration::from_secs(60),
+        || async {
+            match agent_pods(&sh)?.as_slice() {
+                [(name, true)] => Some(name.clone()),
+                _ => None,
+            }
+        },
+    )
+    .await;
     let old_copy = sh
         .node
         .manifest_dir

@@ -377,8 +377,9 @@ async fn a_failed_rewrite_does_not_block_activating_the_checkpoint_on_disk() {
     .await;
     let log = agent.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("\"action\":\"write\"") && l.contains("will retry")),
+        log.lines().any(
+            |l| l.contains("\"action\":\"write\"") && l.contains("checkpoint operation failed")
+        ),
         "the rewrite failed while the checkpoint was activated"
     );
 
