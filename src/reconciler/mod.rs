@@ -212,6 +212,9 @@ impl Reconciler {
                 Err(_) => Observation::Unknown,
             };
         }
+        // Whether the view is complete is read before the API's list, never after: a watch that
+        // syncs in between would otherwise make an empty snapshot look like a settled "unknown".
+        let api_settled = self.api_settled();
         let api_pods = self.api.as_ref().and_then(|a| a.pods.pods());
         self.api_since = match (api_pods.is_some(), self.api_since) {
             (true, Some(since)) => Some(since),
@@ -303,7 +306,7 @@ impl Reconciler {
             yields: &self.yields,
             fallback_timeout: self.settings.fallback_timeout,
             running: &node.running,
-            api_settled: self.api_settled(),
+            api_settled,
             desired: &views.desired,
             written: &self.written,
             disk: &views.disk,
