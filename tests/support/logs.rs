@@ -1,12 +1,18 @@
 //! Captures what the agent logs on the test's thread, to count lines by level and content.
+//!
+//! One global subscriber, installed once, hands each event to the capture of the thread that
+//! logged it. A per-thread `set_default` subscriber would be simpler, but tracing caches each
+//! call site's interest process-wide: a test on another thread that hits a call site first, with
+//! no subscriber, can leave it switched off for everyone (CI lost an event that way).
 
+use std::cell::RefCell;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Every event logged while the guard from [`capture`] lives, as (level, message and fields).
+/// Every event logged on this thread while the guard from [`capture`] lives.
 #[derive(Clone, Default)]
 pub struct Logged(Arc<Mutex<Vec<(Level, String)>>>);
 
@@ -21,7 +27,14 @@ impl Logged {
     }
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+thread_local! {
+    static CAPTURE: RefCell<Option<Logged>> = const { RefCell::new(None) };
+}
+
+/// The global layer: files each event with the capture of the thread that logged it, if any.
+struct ToThreadCapture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ToThreadCapture {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         struct Fields(String);
         impl tracing::field::Visit for Fields {
@@ -29,17 +42,38 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
                 self.0.push_str(&format!(" {}={value:?}", field.name()));
             }
         }
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        let level = *event.metadata().level();
-        self.0.lock().expect("log lock").push((level, fields.0));
+        CAPTURE.with(|capture| {
+            if let Some(logged) = capture.borrow().as_ref() {
+                let mut fields = Fields(String::new());
+                event.record(&mut fields);
+                let level = *event.metadata().level();
+                logged.0.lock().expect("log lock").push((level, fields.0));
+            }
+        });
+    }
+}
+
+/// Ends the capture on drop.
+pub struct Guard(());
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        CAPTURE.with(|capture| capture.borrow_mut().take());
     }
 }
 
 /// Captures this thread's events; `#[tokio::test]` runs the test and its tasks on one thread.
-pub fn capture() -> (Logged, tracing::subscriber::DefaultGuard) {
+pub fn capture() -> (Logged, Guard) {
+    static GLOBAL: Once = Once::new();
+    GLOBAL.call_once(|| {
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(ToThreadCapture),
+        )
+        .expect("no other global subscriber in a test binary");
+    });
+    // A call site first hit before the global subscriber existed may have cached "never".
+    tracing::callsite::rebuild_interest_cache();
     let logged = Logged::default();
-    let guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
-    (logged, guard)
+    CAPTURE.with(|capture| *capture.borrow_mut() = Some(logged.clone()));
+    (logged, Guard(()))
 }
