@@ -134,6 +134,7 @@ impl Reconciler {
             metrics.write_errors.inc();
             tracing::error!(error = %e, "could not persist grace deadlines");
         }
+        let yields = load_yields(&store);
         Self {
             settings,
             store,
@@ -143,7 +144,7 @@ impl Reconciler {
             api,
             written: BTreeMap::new(),
             deadlines,
-            yields: BTreeMap::new(),
+            yields,
             api_since: None,
             refused: BTreeMap::new(),
             remembered: plan::Remembered::default(),
@@ -319,6 +320,7 @@ impl Reconciler {
         self.report_kept(&decision.kept);
 
         let deadlines_before = self.deadlines.clone();
+        let yields_before = self.yields.clone();
         let mut failed: BTreeSet<PodKey> = BTreeSet::new();
         let mut acted = false;
         for action in &decision.actions {
@@ -345,11 +347,18 @@ impl Reconciler {
         let on_disk = |k: &PodKey| disk.checkpoints.contains_key(k) || checkpoints.contains_key(k);
         self.remembered.forget_gone(on_disk);
         self.failing.retain(|(k, _), _| on_disk(k));
+        self.yields.retain(|k, _| on_disk(k));
         if self.deadlines != deadlines_before
             && let Err(e) = self.store.save_deadlines(&self.deadlines)
         {
             self.metrics.write_errors.inc();
             tracing::error!(error = %e, "could not persist grace deadlines");
+        }
+        if self.yields != yields_before
+            && let Err(e) = self.store.save_yields(&self.yields)
+        {
+            self.metrics.write_errors.inc();
+            tracing::error!(error = %e, "could not persist yields to successors");
         }
 
         self.report_states(&node.running);
@@ -701,4 +710,19 @@ impl ActionError {
             message: e.to_string(),
         }
     }
+}
+
+/// The yields an earlier run persisted. A corrupt file is reported and treated as empty: a
+/// successor then gets a fresh fallback timeout, nothing runs early. A yield dated in the future
+/// (a clock stepped back) counts from now.
+fn load_yields(store: &Store) -> BTreeMap<PodKey, Yield> {
+    let mut yields = store.load_yields().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "could not read yields to successors; starting without them");
+        BTreeMap::new()
+    });
+    let now = Timestamp::now();
+    for y in yields.values_mut().filter(|y| y.since > now) {
+        y.since = now;
+    }
+    yields
 }

@@ -1,23 +1,24 @@
-//! What the agent remembers across restarts besides checkpoints: grace deadlines (so a restart
-//! does not reset them, SPEC §4) and small facts its static copy needs with no API server to ask.
+//! What the agent remembers across restarts besides checkpoints: grace deadlines and yields to
+//! successors (so a restart resets neither clock, SPEC §4) and small facts its static copy needs with no API server to ask.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::atomic::{FileSpec, ensure_base_dir};
 use super::error::{IoContext, StoreError, json_error_summary};
 use super::scan::read_capped;
 use super::{PRIVATE_DIR_MODE, Store};
+use crate::decide::Yield;
 use crate::model::PodKey;
 
 /// Where grace deadlines are persisted, inside `Layout::state_dir`.
 const DEADLINES_FILE: &str = "deadlines.json";
 
-/// Version of the deadline file's format, so a future change is detected rather than misread.
-const DEADLINES_VERSION: u32 = 1;
+/// Version of the keyed state files' format, so a future change is detected rather than misread.
+const STATE_VERSION: u32 = 1;
 
 /// Small facts the DaemonSet pod remembers for its static copy, which may start after a reboot
 /// with no API server to ask.
@@ -42,30 +43,8 @@ impl Store {
     /// Loads the persisted grace deadlines, so a restart does not reset them (SPEC §4).
     /// A missing file means no deadlines; a corrupt one is an error (never silently "none").
     pub fn load_deadlines(&self) -> Result<BTreeMap<PodKey, jiff::Timestamp>, StoreError> {
-        let path = self.deadlines_path();
-        let bytes = match read_capped(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e).doing("reading grace deadlines", &path),
-        };
-        let file: DeadlinesFile =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                what: "grace deadlines",
-                path: path.clone(),
-                reason: json_error_summary(&e),
-            })?;
-        if file.version != DEADLINES_VERSION {
-            return Err(StoreError::Corrupt {
-                what: "grace deadlines",
-                path,
-                reason: format!("unsupported version {}", file.version),
-            });
-        }
-        Ok(file
-            .deadlines
-            .into_iter()
-            .map(|d| (PodKey::new(d.namespace, d.name), d.deadline))
-            .collect())
+        let entries: BTreeMap<PodKey, Deadline> = self.load_keyed(&DEADLINES)?;
+        Ok(entries.into_iter().map(|(k, d)| (k, d.deadline)).collect())
     }
 
     /// Persists the grace deadlines atomically (0600) at `state_dir/deadlines.json`.
@@ -73,20 +52,73 @@ impl Store {
         &self,
         deadlines: &BTreeMap<PodKey, jiff::Timestamp>,
     ) -> Result<(), StoreError> {
-        let path = self.deadlines_path();
-        let file = DeadlinesFile {
-            version: DEADLINES_VERSION,
-            deadlines: deadlines
-                .iter()
-                .map(|(key, deadline)| DeadlineEntry {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    deadline: *deadline,
-                })
-                .collect(),
+        let entries = deadlines
+            .iter()
+            .map(|(k, &deadline)| (k, Deadline { deadline }));
+        self.save_keyed(&DEADLINES, entries)
+    }
+
+    /// Loads the persisted yields to successors (SPEC §4 "Fallback"), so an agent restarted while
+    /// a successor has its chance does not give it a fresh fallback timeout. A missing file means
+    /// none; a corrupt one is an error.
+    pub fn load_yields(&self) -> Result<BTreeMap<PodKey, Yield>, StoreError> {
+        let entries: BTreeMap<PodKey, YieldEntry> = self.load_keyed(&YIELDS)?;
+        Ok(entries.into_iter().map(|(k, y)| (k, y.into())).collect())
+    }
+
+    /// Persists the yields atomically (0600) at `state_dir/yields.json`.
+    pub fn save_yields(&self, yields: &BTreeMap<PodKey, Yield>) -> Result<(), StoreError> {
+        self.save_keyed(
+            &YIELDS,
+            yields.iter().map(|(k, y)| (k, YieldEntry::from(y))),
+        )
+    }
+
+    fn load_keyed<T: DeserializeOwned>(
+        &self,
+        kind: &KeyedFile,
+    ) -> Result<BTreeMap<PodKey, T>, StoreError> {
+        let path = self.layout.state_dir.join(kind.file_name);
+        let bytes = match read_capped(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e).doing(kind.reading, &path),
         };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: kind.what,
+            path: path.clone(),
+            reason,
+        };
+        let file: Versioned =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(json_error_summary(&e)))?;
+        if file.version != STATE_VERSION {
+            return Err(corrupt(format!("unsupported version {}", file.version)));
+        }
+        let list = file.rest.get(kind.list).cloned().unwrap_or_default();
+        let entries: Vec<Entry<T>> =
+            serde_json::from_value(list).map_err(|e| corrupt(json_error_summary(&e)))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| (PodKey::new(e.namespace, e.name), e.value))
+            .collect())
+    }
+
+    fn save_keyed<'a, T: Serialize>(
+        &self,
+        kind: &KeyedFile,
+        entries: impl Iterator<Item = (&'a PodKey, T)>,
+    ) -> Result<(), StoreError> {
+        let path = self.layout.state_dir.join(kind.file_name);
+        let entries: Vec<Entry<T>> = entries
+            .map(|(key, value)| Entry {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                value,
+            })
+            .collect();
+        let file = serde_json::json!({ "version": STATE_VERSION, kind.list: entries });
         let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Corrupt {
-            what: "grace deadlines to save",
+            what: kind.what,
             path: path.clone(),
             reason: json_error_summary(&e),
         })?;
@@ -94,7 +126,7 @@ impl Store {
         ensure_base_dir(&self.layout.state_dir, PRIVATE_DIR_MODE, true)
             .doing("creating state directory", &self.layout.state_dir)?;
         self.put_file(&FileSpec::manifest(&path, &bytes))
-            .doing("writing grace deadlines", &path)?;
+            .doing(kind.writing, &path)?;
         Ok(())
     }
 
@@ -122,21 +154,87 @@ impl Store {
         Ok(())
     }
 
-    pub(super) fn deadlines_path(&self) -> PathBuf {
+    #[cfg(test)]
+    pub(super) fn deadlines_path(&self) -> std::path::PathBuf {
         self.layout.state_dir.join(DEADLINES_FILE)
     }
 }
 
-/// On-disk form of the grace deadlines (PodKey cannot be a JSON object key).
-#[derive(Serialize, Deserialize)]
-struct DeadlinesFile {
+/// Which keyed state file, and how its errors read.
+struct KeyedFile {
+    file_name: &'static str,
+    /// The name of the list inside the file.
+    list: &'static str,
+    what: &'static str,
+    reading: &'static str,
+    writing: &'static str,
+}
+
+const DEADLINES: KeyedFile = KeyedFile {
+    file_name: DEADLINES_FILE,
+    list: "deadlines",
+    what: "grace deadlines",
+    reading: "reading grace deadlines",
+    writing: "writing grace deadlines",
+};
+
+const YIELDS: KeyedFile = KeyedFile {
+    file_name: "yields.json",
+    list: "yields",
+    what: "yields to successors",
+    reading: "reading yields to successors",
+    writing: "writing yields to successors",
+};
+
+/// Any keyed state file: `{"version": 1, "<list>": [{"namespace", "name", ...}]}` (PodKey cannot
+/// be a JSON object key).
+#[derive(Deserialize)]
+struct Versioned {
     version: u32,
-    deadlines: Vec<DeadlineEntry>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct DeadlineEntry {
+struct Entry<T> {
     namespace: String,
     name: String,
+    #[serde(flatten)]
+    value: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Deadline {
     deadline: jiff::Timestamp,
+}
+
+/// On-disk form of a [`Yield`], kept apart so the core type carries no file format.
+#[derive(Serialize, Deserialize)]
+struct YieldEntry {
+    successor: String,
+    since: jiff::Timestamp,
+    ready_seen: bool,
+    fell_back: bool,
+}
+
+impl From<&Yield> for YieldEntry {
+    fn from(y: &Yield) -> Self {
+        Self {
+            successor: y.successor.clone(),
+            since: y.since,
+            ready_seen: y.ready_seen,
+            fell_back: y.fell_back,
+        }
+    }
+}
+
+impl From<YieldEntry> for Yield {
+    fn from(y: YieldEntry) -> Self {
+        Self {
+            successor: y.successor,
+            since: y.since,
+            ready_seen: y.ready_seen,
+            fell_back: y.fell_back,
+        }
+    }
 }

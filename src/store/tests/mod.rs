@@ -20,6 +20,7 @@ use super::atomic::enforced_owner;
 use super::error::Step;
 use super::fault::Fault;
 use super::*;
+use crate::decide::Yield;
 use crate::model::{CHECKPOINT_OF_ANNOTATION, Layout, Owner, PodKey};
 
 const SECRET_MARKER: &str = "s3cr3t-value-never-in-errors";
