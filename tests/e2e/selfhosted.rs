@@ -370,6 +370,7 @@ impl Drop for Recover<'_> {
             return;
         }
         let sh = self.0;
+        print_agent_logs();
         eprintln!("[selfhosted] recovering the node for the next scenario");
         let status = Command::new("bash")
             .arg(&sh.node_sh)
@@ -396,6 +397,47 @@ impl Drop for Recover<'_> {
         let recovered = node_sh(&["pivot"]) || (node_sh(&["down"]) && node_sh(&["up"]));
         if !recovered {
             eprintln!("[selfhosted] the node could not be recovered");
+        }
+    }
+}
+
+/// What the agents (DaemonSet pods and static copies) logged, for a failure read only in CI's
+/// output: each container's restarts and its last decisions (lines with an `action`).
+fn print_agent_logs() {
+    let Ok(dir) = std::env::var("NODE_DIR") else {
+        return;
+    };
+    let pods = std::fs::read_dir(PathBuf::from(dir).join("pod-logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("pod-checkpointer"));
+    for pod in pods {
+        for container in std::fs::read_dir(pod.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mut runs: Vec<PathBuf> = std::fs::read_dir(container.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            runs.sort();
+            eprintln!(
+                "[selfhosted] agent log {}: {} run(s)",
+                container.path().display(),
+                runs.len()
+            );
+            for run in runs {
+                let text = std::fs::read_to_string(&run).unwrap_or_default();
+                let decisions: Vec<&str> = text.lines().filter(|l| l.contains("action")).collect();
+                eprintln!("[selfhosted]   {}:", run.display());
+                for line in &decisions[decisions.len().saturating_sub(25)..] {
+                    eprintln!("[selfhosted]     {line}");
+                }
+            }
         }
     }
 }
