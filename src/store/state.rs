@@ -1,5 +1,6 @@
 //! What the agent remembers across restarts besides checkpoints: grace deadlines and yields to
-//! successors (so a restart resets neither clock, SPEC §4) and small facts its static copy needs with no API server to ask.
+//! successors (so a restart resets neither clock, SPEC §4), and small facts its static copy needs
+//! with no API server to ask.
 
 use std::collections::BTreeMap;
 use std::io;
