@@ -9,6 +9,24 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio::task::JoinHandle;
 
+/// Waits between attempts to publish one Event: about 15 s in all, within which an API server
+/// that restarts (or a self-hosted one handing over to its checkpoint) answers again.
+const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// An API server that refused the Event itself (forbidden, invalid) will refuse it again; one
+/// that was unreachable, overloaded or failing may not.
+fn worth_retrying(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 /// Publishes Kubernetes Events on parent pods so `kubectl describe pod` shows what the agent did.
 #[derive(Clone)]
 pub struct Events {
@@ -52,8 +70,17 @@ impl Events {
         };
         let recorder = self.recorder.clone();
         let sending = tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::debug!(error = %e, "could not publish an Event");
+            let mut attempt = 0;
+            while let Err(e) = recorder.publish(&event, &reference).await {
+                // Some Events are published once (a refusal, a removal): a blip of the API server
+                // must not lose them. client-go's broadcaster retries the same way.
+                let Some(delay) = RETRY_DELAYS.get(attempt).filter(|_| worth_retrying(&e)) else {
+                    tracing::info!(reason = %event.reason, error = %e, "could not publish an Event");
+                    return;
+                };
+                tracing::debug!(reason = %event.reason, error = %e, "could not publish an Event yet");
+                tokio::time::sleep(*delay).await;
+                attempt += 1;
             }
         });
         if let Ok(mut pending) = self.pending.lock() {
@@ -88,6 +115,55 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn a_pod() -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("api".into());
+        pod.metadata.namespace = Some("kube-system".into());
+        pod.metadata.uid = Some("u1".into());
+        pod
+    }
+
+    /// An Event published while the API server is briefly unavailable is sent again: a refusal
+    /// is published once, and CI lost one (`collision::*` on the real node).
+    #[tokio::test]
+    async fn an_event_is_sent_again_after_the_api_server_dropped_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake API");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let config = kube::Config::new(url.parse().expect("url"));
+        let events = Events::new(Client::try_from(config).expect("client"), "n1");
+        events.warn(&a_pod(), "CheckpointRefused", "Refuse", "refused".into());
+        let posts = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut posts = 0;
+            // The first request is read and dropped unanswered, as by a server going away.
+            while posts < 2 {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 65536];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).contains("POST /apis/events.k8s.io") {
+                    posts += 1;
+                }
+            }
+        })
+        .await;
+        assert!(posts.is_ok(), "the Event was never sent again");
+    }
+
+    #[test]
+    fn refusals_are_final_and_failures_are_not() {
+        let status = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        assert!(!worth_retrying(&status(403)));
+        assert!(!worth_retrying(&status(422)));
+        assert!(worth_retrying(&status(429)));
+        assert!(worth_retrying(&status(503)));
+    }
+
     /// Issue 11.7: the Events of an uninstall are published in the agent's last moments, in the
     /// background; `flush` waits (bounded) until they are sent, so the exit does not drop them.
     #[tokio::test]
@@ -110,7 +186,7 @@ mod tests {
                         seen.store(true, Ordering::SeqCst);
                     }
                     let _ = conn
-                        .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                         .await;
                 });
             }
@@ -118,11 +194,7 @@ mod tests {
         let config = kube::Config::new(url.parse().expect("url"));
         let client = Client::try_from(config).expect("client");
         let events = Events::new(client, "n1");
-        let mut pod = Pod::default();
-        pod.metadata.name = Some("api".into());
-        pod.metadata.namespace = Some("kube-system".into());
-        pod.metadata.uid = Some("u1".into());
-        events.publish(&pod, "CheckpointRemoved", "Remove", "uninstall".into());
+        events.publish(&a_pod(), "CheckpointRemoved", "Remove", "uninstall".into());
         events.flush(Duration::from_secs(5)).await;
         assert!(
             got.load(Ordering::SeqCst),
