@@ -319,15 +319,24 @@ sh_stop_apiserver() {
 # After an outage that outlived the API server's pod (stop-apiserver, reboot-runtime,
 # start-apiserver), the API first comes back from the checkpoint's static copy, which then yields
 # to the DaemonSet's pod; the API is down again until that pod's container gets the port. Callers
-# of start-apiserver want a settled API: wait until no copy is active and the API answers.
+# of start-apiserver want a settled API: wait until no copy is active, none still runs (the
+# kubelet stops a copy a moment after its manifest goes, and it answers until then), and the API
+# answers.
 apiserver_copy_active() { compgen -G "$MANIFESTS/$SH_NS-$SH_DS-*.json" >/dev/null; }
-api_settled() { ! apiserver_copy_active && apiserver_ready; }
+apiserver_copy_running() {
+  "$(bin_tool crictl)" --config "$NODE_DIR/crictl.yaml" --timeout 3s ps --state running \
+    --name '^kube-apiserver$' -o json 2>/dev/null | python3 -c '
+import json, sys
+pods = [c.get("labels", {}).get("io.kubernetes.pod.name", "") for c in json.load(sys.stdin).get("containers", [])]
+sys.exit(0 if any(p.endswith("-" + sys.argv[1]) for p in pods) else 1)' "$NODE_NAME"
+}
+api_settled() { ! apiserver_copy_active && ! apiserver_copy_running && apiserver_ready; }
 
 sh_start_apiserver() {
   sh_unblock
   start_apiserver_forwarders
   wait_for "kube-apiserver /readyz" apiserver_ready || die "no API server answers"
-  if apiserver_copy_active; then
+  if apiserver_copy_active || apiserver_copy_running; then
     wait_for "the API served by the DaemonSet's pod again (checkpoint copy gone)" api_settled ||
       die "the API did not settle: $(sh_api_status)"
   fi
