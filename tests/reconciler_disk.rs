@@ -3,19 +3,19 @@
 
 mod support {
     pub mod logs;
+    pub mod settings;
 }
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use pod_checkpointer::metrics::Metrics;
 use pod_checkpointer::model::{Layout, Observation, PodKey};
 use pod_checkpointer::poller::{NodeView, SharedNodeView};
-use pod_checkpointer::reconciler::{Reconciler, Settings};
+use pod_checkpointer::reconciler::Reconciler;
 use pod_checkpointer::sanitize::{self, Objects, TokenSpec};
 use pod_checkpointer::store::Store;
 use pod_checkpointer_core::fixtures::PodBuilder;
@@ -27,17 +27,6 @@ const NAME: &str = "apiserver";
 
 fn key() -> PodKey {
     PodKey::new(NS, NAME)
-}
-
-fn settings() -> Settings {
-    Settings {
-        node_name: NODE.to_owned(),
-        me: None,
-        grace: Duration::from_secs(60),
-        namespaces: Vec::new(),
-        fallback_timeout: Duration::from_secs(300),
-        keep_active_on_uninstall: true,
-    }
 }
 
 /// A parent the kubelet lists as finished: it will not restart it, so with the runtime saying
@@ -95,7 +84,7 @@ impl World {
 
     fn reconciler(&self, node: SharedNodeView) -> Reconciler {
         Reconciler::new(
-            settings(),
+            support::settings::settings(NODE),
             self.store(),
             self.metrics.clone(),
             node,
@@ -358,7 +347,7 @@ async fn own_copy_running_says_whether_the_kubelet_runs_the_agents_static_copy()
         .build();
     let copy = me.static_pod_key(NODE);
     let view = node_view(vec![agent], BTreeSet::from([me.clone()]));
-    let mut settings = settings();
+    let mut settings = support::settings::settings(NODE);
     settings.me = Some(me.clone());
     let mut r = Reconciler::new(
         settings,

@@ -1,16 +1,19 @@
 //! The reconciler's metrics as a scraper sees them while passes run: a series that stays true
 //! never disappears, even for an instant (a `for:` alert would start over).
 
+mod support {
+    pub mod settings;
+}
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use pod_checkpointer::metrics::Metrics;
 use pod_checkpointer::model::{Layout, Observation};
 use pod_checkpointer::poller::NodeView;
-use pod_checkpointer::reconciler::{Reconciler, Settings};
+use pod_checkpointer::reconciler::Reconciler;
 use pod_checkpointer::store::Store;
 use pod_checkpointer_core::fixtures::PodBuilder;
 use serde_json::json;
@@ -49,14 +52,7 @@ async fn series_that_stay_true_never_vanish_during_a_pass() {
         running: Observation::Known(BTreeSet::new()),
         kubelet_pods: Observation::Known(pods),
     }));
-    let settings = Settings {
-        node_name: NODE.to_owned(),
-        me: None,
-        grace: Duration::from_secs(60),
-        namespaces: Vec::new(),
-        fallback_timeout: Duration::from_secs(300),
-        keep_active_on_uninstall: true,
-    };
+    let settings = support::settings::settings(NODE);
     let mut r = Reconciler::new(settings, store, metrics.clone(), node, None, None);
     // Until every copy is active and every refusal is exported.
     for _ in 0..5 {
@@ -111,14 +107,7 @@ async fn series_that_are_gone_are_removed() {
         running: Observation::Known(BTreeSet::new()),
         kubelet_pods: Observation::Known(vec![stopped("a"), stopped("b"), refused("r")]),
     }));
-    let settings = Settings {
-        node_name: NODE.to_owned(),
-        me: None,
-        grace: Duration::from_secs(60),
-        namespaces: Vec::new(),
-        fallback_timeout: Duration::from_secs(300),
-        keep_active_on_uninstall: true,
-    };
+    let settings = support::settings::settings(NODE);
     let mut r = Reconciler::new(settings, store, metrics.clone(), node.clone(), None, None);
     for _ in 0..3 {
         r.reconcile().await;

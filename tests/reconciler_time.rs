@@ -1,6 +1,10 @@
 //! The reconciler and the clock: what it loads at start must not outlast one grace period, and
 //! what it counts down (grace, fallback) must survive a restart.
 
+mod support {
+    pub mod settings;
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,12 +41,8 @@ async fn a_deadline_loaded_at_start_lies_at_most_one_grace_period_ahead() {
         .expect("seed deadlines");
 
     let settings = Settings {
-        node_name: "node-a".to_owned(),
-        me: None,
         grace: GRACE,
-        namespaces: Vec::new(),
-        fallback_timeout: Duration::from_secs(300),
-        keep_active_on_uninstall: true,
+        ..support::settings::settings("node-a")
     };
     let node = Arc::new(Mutex::new(NodeView {
         running: Observation::Known(BTreeSet::new()),
@@ -100,12 +100,9 @@ async fn the_fallback_timeout_survives_an_agent_restart() {
         kubelet_pods: Observation::Known(vec![old, new]),
     }));
     let settings = Settings {
-        node_name: "node-a".to_owned(),
-        me: None,
         grace: GRACE,
-        namespaces: Vec::new(),
         fallback_timeout: FALLBACK,
-        keep_active_on_uninstall: true,
+        ..support::settings::settings("node-a")
     };
     let active = layout.manifest_dir.join(old_key.manifest_file_name());
     let start = std::time::Instant::now();

@@ -2,6 +2,10 @@
 //! whose server refuses connections or never answers: what the first passes after a start may
 //! do before the pod watch has had its say (SPEC §5, "a pass acts only on a complete view").
 
+mod support {
+    pub mod settings;
+}
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use kube::Client;
 use pod_checkpointer::metrics::Metrics;
 use pod_checkpointer::model::{Layout, Observation, PodKey};
 use pod_checkpointer::poller::{NodeView, SharedNodeView};
-use pod_checkpointer::reconciler::{ApiSide, Reconciler, Settings};
+use pod_checkpointer::reconciler::{ApiSide, Reconciler};
 use pod_checkpointer::sanitize::{self, Objects};
 use pod_checkpointer::store::Store;
 use pod_checkpointer::watch::{Events, ObjectWatches, PodWatch, Tokens, Trigger};
@@ -61,7 +65,7 @@ impl World {
     /// (issue 10.7) and attaches later.
     fn reconciler_awaiting_api(&self) -> Reconciler {
         let mut r = Reconciler::new(
-            settings(),
+            support::settings::settings(NODE),
             Store::new(self.layout.clone()),
             self.metrics.clone(),
             node_view(),
@@ -87,7 +91,7 @@ impl World {
         };
         let store = Store::new(self.layout.clone());
         Reconciler::new(
-            settings(),
+            support::settings::settings(NODE),
             store,
             self.metrics.clone(),
             node_view(),
@@ -107,17 +111,6 @@ fn node_view() -> SharedNodeView {
         running: Observation::Known(BTreeSet::new()),
         kubelet_pods: Observation::Unknown,
     }))
-}
-
-fn settings() -> Settings {
-    Settings {
-        node_name: NODE.to_owned(),
-        me: None,
-        grace: Duration::from_secs(60),
-        namespaces: Vec::new(),
-        fallback_timeout: Duration::from_secs(300),
-        keep_active_on_uninstall: true,
-    }
 }
 
 /// Passes, as the loop runs them, until the checkpoint is active; how long that took.
